@@ -1,0 +1,35 @@
+# Two commands for a fresh machine:  `make demo`  and  `make test`.
+# TORCH_SPEC picks the torch to install when the venv has none, e.g.
+#   make demo TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu121"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and explicitly, so that no dependency can pull a CUDA build
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/contextseg train configs/synthetic_ocr.yaml output_dir=$(DEMO_OUT)
+	$(BIN)/contextseg eval configs/synthetic_ocr.yaml --checkpoint $(DEMO_OUT)/best.pt --out $(DEMO_OUT)/eval.json
+	$(BIN)/python -m contextseg.data.synthetic --out $(DEMO_OUT)/samples --count 4
+	$(BIN)/contextseg predict $(DEMO_OUT)/samples/images --checkpoint $(DEMO_OUT)/best.pt --out $(DEMO_OUT)/predictions
+	@echo "demo done: curves in $(DEMO_OUT)/curves.png, overlays in $(DEMO_OUT)/predictions"
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

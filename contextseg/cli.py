@@ -1,0 +1,82 @@
+"""`contextseg train|eval|predict|models` (bench, export and doctor arrive with their issues)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ContextSegError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="contextseg", description="Dense prediction with context and attention.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config", help="YAML file, e.g. configs/synthetic_ocr.yaml")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.iters=500 model.arch=fcn")
+    t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (OUTPUT_DIR/last.pt)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation split")
+    e.add_argument("config")
+    e.add_argument("overrides", nargs="*")
+    e.add_argument("--checkpoint", required=True, metavar="CKPT")
+    e.add_argument("--split", help="dataset split to evaluate (default: data.val_split)")
+    e.add_argument("--out", metavar="JSON", help="also write the metrics as JSON")
+    e.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser("predict", help="predict label maps and overlays for images")
+    r.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    r.add_argument("--checkpoint", required=True, metavar="CKPT")
+    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    r.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    r.add_argument("--no-progress", action="store_true")
+
+    sub.add_parser("models", help="list model architectures and backbones")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ContextSegError as exc:
+        print(f"contextseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    if args.command == "models":
+        from .models import list_backbones, list_models
+
+        print("architectures:", ", ".join(list_models()))
+        print("backbones:    ", ", ".join(list_backbones()))
+        return 0
+    if args.command == "predict":
+        from .engine.predictor import Predictor
+
+        pred = Predictor(args.checkpoint, device=args.device, amp=args.amp)
+        written = pred.predict_files(args.inputs, args.out, alpha=args.alpha, progress=not args.no_progress)
+        print(f"wrote {len(written)} label maps (+ _color.png, _overlay.jpg) to {args.out}")
+        return 0
+
+    from .config import load_config
+    from .engine import segmentation
+
+    cfg = load_config(args.config, args.overrides)
+    if args.command == "train":
+        summary = segmentation.train(cfg, resume=args.resume, progress=not args.no_progress)
+        print(f"done: {summary['step']} steps in {summary['train_seconds']:.0f} s; "
+              f"best {100 * summary['best']:.2f} mIoU; checkpoints in {cfg.output_dir}")
+        return 0
+    if args.command == "eval":
+        segmentation.evaluate_checkpoint(cfg, args.checkpoint, split=args.split, progress=not args.no_progress,
+                                         out=args.out)
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

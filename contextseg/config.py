@@ -1,0 +1,187 @@
+"""Experiment configuration: dataclasses, YAML files and `key=value` overrides.
+
+    cfg = load_config("configs/camvid/ocr_w18s_v2.yaml", ["train.iters=2000", "model.arch=fcn"])
+
+Unknown or mistyped keys are errors that name the key and the keys that exist; values are parsed
+as YAML (`train.lr=1e-3`, `data.crop_size=[256,256]`) and type-checked against the defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ContextSegError
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "ocr"
+    backbone: str = "hrnetv2_w18_small_v2"
+    num_classes: int | None = None  # None: taken from the dataset
+    in_channels: int = 3
+    kwargs: dict = field(default_factory=dict)  # extra head arguments, e.g. {mid_channels: 256}
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: list = field(default_factory=lambda: [96, 128])  # [H, W]
+    scale_range: list = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True
+    jitter: bool = True
+    batch_size: int = 8
+    eval_batch_size: int = 1
+    num_workers: int = 2
+    kwargs: dict = field(default_factory=dict)  # extra dataset arguments
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 1000
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_iters: int = 0
+    warmup_ratio: float = 0.1  # warm-up starts at lr * warmup_ratio
+    poly_power: float = 0.9
+    min_lr: float = 0.0
+    amp: str = "none"  # none | bf16 | fp16 (fp16 only on CUDA)
+    channels_last: bool = False
+    eval_interval: int = 200
+    log_interval: int = 20
+    checkpoint_interval: int = 200
+    grad_clip: float | None = None
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"
+    weights: dict = field(default_factory=lambda: {"out": 1.0, "aux": 0.4})
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    name: str = "experiment"
+    output_dir: str = "runs/experiment"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:1
+    deterministic: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _unknown_key(key: str, known: list[str], where: str) -> ContextSegError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ContextSegError(f"unknown config key {where}{key!r}.{hint} Keys here: {', '.join(known)}")
+
+
+def _check_type(path: str, value: Any, default: Any) -> Any:
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ContextSegError(f"config key {path!r} must be true or false, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ContextSegError(f"config key {path!r} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ContextSegError(f"config key {path!r} must be an integer, got {value!r}")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ContextSegError(f"config key {path!r} must be a string, got {value!r}")
+    elif isinstance(default, (list, dict)) and not isinstance(value, type(default)):
+        raise ContextSegError(f"config key {path!r} must be a {type(default).__name__}, got {value!r}")
+    return value
+
+
+def _merge(obj, values: dict, prefix: str = ""):
+    if not isinstance(values, dict):
+        raise ContextSegError(f"config section {prefix.rstrip('.') or 'root'!r} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown_key(key, list(fields), prefix)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, f"{prefix}{key}.")
+        else:
+            setattr(obj, key, _check_type(prefix + key, value, current))
+    return obj
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['train.lr=0.1', 'model.arch=fcn'] -> {'train': {'lr': 0.1}, 'model': {'arch': 'fcn'}}."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ContextSegError(f"override {item!r} is not key=value (example: train.lr=0.01)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ContextSegError(f"cannot parse the value of override {item!r}: {exc}") from None
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def config_from_dict(values: dict | None) -> Config:
+    return validate(_merge(Config(), values or {}))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then the overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ContextSegError(f"config file {str(path)!r} not found (see configs/ for examples)")
+        with open(path) as f:
+            try:
+                values = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise ContextSegError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        _merge(cfg, values)
+    _merge(cfg, parse_overrides(overrides or []))
+    return validate(cfg)
+
+
+def validate(cfg: Config) -> Config:
+    t, d = cfg.train, cfg.data
+    if t.optimizer not in ("sgd", "adamw"):
+        raise ContextSegError(f"train.optimizer must be 'sgd' or 'adamw', got {t.optimizer!r}")
+    if t.amp not in ("none", "bf16", "fp16"):
+        raise ContextSegError(f"train.amp must be 'none', 'bf16' or 'fp16', got {t.amp!r}")
+    if t.iters < 1 or t.lr <= 0:
+        raise ContextSegError("train.iters must be >= 1 and train.lr > 0")
+    if len(d.crop_size) != 2 or len(d.scale_range) != 2:
+        raise ContextSegError("data.crop_size is [H, W] and data.scale_range is [min, max]")
+    if d.batch_size < 1:
+        raise ContextSegError("data.batch_size must be >= 1")
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)

@@ -1,0 +1,1 @@
+"""Training, evaluation, prediction and checkpoints; task-agnostic where it can be."""

@@ -1,0 +1,108 @@
+"""Checkpoints: written atomically (temp file in the same folder, fsync, rename) and read with
+`torch.load(weights_only=True)`. A checkpoint records the model's constructor arguments, so
+`load_model(path)` rebuilds the model with no config file.
+
+Layout: {"model", "model_args", "optimizer", "scheduler", "epoch", "step", "config", "metrics",
+"rng", "classes", "palette", "format"}.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ContextSegError
+
+FORMAT = "contextseg-checkpoint-v1"
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save to a temp file beside `path`, then rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), np_state[2], np_state[3], np_state[4]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ContextSegError(f"checkpoint {str(path)!r} not found (train one with `contextseg train CONFIG`; "
+                              f"it writes OUTPUT_DIR/best.pt and OUTPUT_DIR/last.pt)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise ContextSegError(f"cannot read checkpoint {str(path)!r}: {exc.__class__.__name__}: {exc}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ContextSegError(f"{str(path)!r} is not a contextseg checkpoint (no 'model' entry); "
+                              f"for official weights use contextseg.load_official(...)")
+    return ckpt
+
+
+def load_state_dict_checked(model: torch.nn.Module, state: dict, source: str = "checkpoint") -> None:
+    """Strict load with one clear message for missing/unexpected keys and shape mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        lines = []
+        if shapes:
+            lines.append("shape mismatches (e.g. a different num_classes or backbone): " + "; ".join(shapes[:4]))
+        if missing:
+            lines.append(f"{len(missing)} missing keys, e.g. {missing[:3]}")
+        if unexpected:
+            lines.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
+        raise ContextSegError(f"{source} does not fit this model: " + " | ".join(lines)
+                              + ". Build the model the checkpoint was trained with (contextseg.load_model(path) does).")
+    model.load_state_dict(state)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a model from a contextseg checkpoint alone and load its weights (eval mode)."""
+    from ..models import create_model
+
+    ckpt = load_checkpoint(path)
+    if "model_args" not in ckpt:
+        raise ContextSegError(f"checkpoint {str(path)!r} has no 'model_args'; build the model with "
+                              f"create_model(...) and load ckpt['model'] into it")
+    model = create_model(**ckpt["model_args"])
+    load_state_dict_checked(model, ckpt["model"], source=f"checkpoint {str(path)!r}")
+    model.classes = ckpt.get("classes")
+    model.palette = ckpt.get("palette")
+    return model.to(device).eval()
