@@ -98,6 +98,11 @@ def _check_type(path: str, value: Any, default: Any) -> Any:
         if not isinstance(value, bool):
             raise ContextSegError(f"config key {path!r} must be true or false, got {value!r}")
     elif isinstance(default, float):
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ContextSegError(f"config key {path!r} must be a number, got {value!r}")
         value = float(value)
@@ -136,6 +141,11 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else None
+            if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
         except yaml.YAMLError as exc:
             raise ContextSegError(f"cannot parse the value of override {item!r}: {exc}") from None
         node = tree

@@ -135,6 +135,9 @@ class Trainer:
                 self.epoch += 1
                 in_epoch = 0
             self.sampler.set_epoch(self.epoch, start=in_epoch * cfg.data.batch_size)
+            # the loader draws its worker seed from this generator, not from the global RNG, so a
+            # resumed run leaves the global RNG (dropout, augmentation) where an uninterrupted run has it
+            self.loader.generator = torch.Generator().manual_seed(cfg.seed * 1000003 + self.epoch)
             for images, labels in self.loader:
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)

@@ -209,6 +209,7 @@ class HRNet(nn.Module):
     """
 
     strides = [4, 8, 16, 32]
+    fuse_pairs = (("conv1", "bn1"), ("conv2", "bn2"))  # stem (conv, BN) pairs for fuse_conv_bn
 
     def __init__(self, stage1: StageCfg, stage2: StageCfg, stage3: StageCfg, stage4: StageCfg, in_channels: int = 3):
         super().__init__()
@@ -233,6 +234,19 @@ class HRNet(nn.Module):
         self.transition3 = transition(pre, stage4.num_channels)
         self.stage4, pre = self._make_stage(stage4)  # last module keeps all four outputs (HRNetV2)
         self.out_channels = list(pre)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He-normal (fan_out) conv weights, BN weight 1 and bias 0: a sound start when training from scratch.
+
+        (The official code draws conv weights from N(0, 0.001) and then loads ImageNet weights over them.)
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     @staticmethod
     def _make_stage(cfg: StageCfg) -> tuple[nn.Sequential, list[int]]:

@@ -26,6 +26,8 @@ def resize_concat(feats: Sequence[Tensor], size: Sequence[int] | None = None) ->
 
 def check_feats(feats: Sequence[Tensor], in_channels: Sequence[int], head: str) -> None:
     """Raise a clear error when a head gets feature maps that do not match the widths it was built for."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return
     got = [int(f.shape[1]) for f in feats]
     if got != list(in_channels):
         raise ContextSegError(

@@ -1,0 +1,26 @@
+"""Datasets, transforms and readers; importing this registers "camvid", "folder" and "synthetic"."""
+from .datasets import (
+    CAMVID_CLASSES,
+    CAMVID_PALETTE,
+    IMAGE_EXTS,
+    CamVid,
+    FolderDataset,
+    PairedSegmentation,
+    build_dataset,
+    colour_to_index,
+    default_data_root,
+    pair_files,
+    read_image,
+    read_mask,
+    voc_palette,
+)
+from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticScenes, render_scene, write_synthetic_folder
+from .transforms import MEAN, STD, SegTransform, denormalize, eval_transform, mask_to_tensor, to_tensor, train_transform
+
+__all__ = [
+    "CAMVID_CLASSES", "CAMVID_PALETTE", "IMAGE_EXTS", "CamVid", "FolderDataset", "PairedSegmentation",
+    "build_dataset", "colour_to_index", "default_data_root", "pair_files", "read_image", "read_mask",
+    "voc_palette", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "SyntheticScenes", "render_scene",
+    "write_synthetic_folder", "MEAN", "STD", "SegTransform", "denormalize", "eval_transform",
+    "mask_to_tensor", "to_tensor", "train_transform",
+]

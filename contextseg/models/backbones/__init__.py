@@ -1,0 +1,4 @@
+"""Backbones: ``backbone(x) -> list of feature maps`` with ``out_channels`` and ``strides`` attributes."""
+from .hrnet import HRNET_CONFIGS, HRNet, StageCfg
+
+__all__ = ["HRNet", "HRNET_CONFIGS", "StageCfg"]

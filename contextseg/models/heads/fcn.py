@@ -1,0 +1,47 @@
+"""HRNetV2 segmentation head (Wang et al. 2019, "Deep High-Resolution Representation Learning for Visual
+Recognition", Sec. 3 "HRNetV2" and Fig. 4(b)): upsample the four branch outputs to the highest resolution,
+concatenate, mix with a 1x1 conv-BN-ReLU and classify every pixel with a 1x1 conv.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from ...registry import HEADS
+from .common import check_feats, resize_concat
+
+
+class HRNetV2Head(nn.Module):
+    """HRNetV2 "concat" head: [(B, C_i, H_i, W_i)] -> {"out": (B, K, H_0, W_0)}.
+
+    H_0, W_0 is the size of the first (highest-resolution) map: ceil(H/4), ceil(W/4) for an (H, W) image on HRNet.
+
+        z   = concat_i resize(x_i, (H_0, W_0))           (B, sum C_i, H_0, W_0), bilinear, align_corners=False
+        h   = ReLU(BN(conv1x1(z) + b))                    (B, sum C_i, H_0, W_0)
+        out = conv1x1(h) + b                              (B, K, H_0, W_0)
+
+    Layer names follow the official ``last_layer`` (conv with bias, BN, ReLU, classifier with bias).
+    """
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int):
+        super().__init__()
+        self.in_channels = list(in_channels)
+        self.num_classes = num_classes
+        c = sum(self.in_channels)
+        self.last_layer = nn.Sequential(
+            nn.Conv2d(c, c, kernel_size=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c, num_classes, kernel_size=1),
+        )
+
+    def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
+        check_feats(feats, self.in_channels, type(self).__name__)
+        return {"out": self.last_layer(resize_concat(feats))}
+
+
+@HEADS.register("fcn")
+def build_fcn(backbone: nn.Module, num_classes: int) -> HRNetV2Head:
+    """"fcn": the HRNetV2 concat head on all backbone outputs."""
+    return HRNetV2Head(backbone.out_channels, num_classes)

@@ -1,0 +1,151 @@
+"""OCR head (Yuan, Chen & Wang 2020, "Object-Contextual Representations for Semantic Segmentation", Sec. 3.2-3.3,
+Fig. 3), as in the official HRNet + OCR model (HRNet-Semantic-Segmentation, branch HRNet-OCR).
+
+A pixel's representation x_i is augmented with the representations of the object regions it probably belongs to:
+
+    soft object regions      M = aux_head(z)                          K maps, supervised by the ground truth ("aux")
+    object region repr.      f_k = sum_i softmax_i(m_ki) x_i                               (paper Eq. 3)
+    pixel-region relation    w_ik = exp(kappa(x_i, f_k)) / sum_j exp(kappa(x_i, f_j)),
+                             kappa(x, f) = phi(x)^T psi(f) / sqrt(C_key)                  (Eq. 4)
+    object contextual repr.  y_i = rho(sum_k w_ik delta(f_k))                              (Eq. 5)
+    augmented repr.          z_i = g([x_i^T, y_i^T]^T)                                     (Eq. 6)
+
+phi, psi are two 1x1 conv-BN-ReLU layers, delta, rho and g one each. The 1/sqrt(C_key) scaling is in the official
+code, not in the paper's equation.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...registry import HEADS
+from .common import check_feats, resize_concat
+
+
+def conv_bn_relu(in_c: int, out_c: int, kernel_size: int = 1, bias: bool = False) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_c, out_c, kernel_size, padding=kernel_size // 2, bias=bias),
+        nn.BatchNorm2d(out_c),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def bn_relu(c: int) -> nn.Sequential:
+    """BN + ReLU as one child, the layout of the official ``ModuleHelper.BNReLU`` (keeps state_dict keys equal)."""
+    return nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+
+
+class SpatialGather(nn.Module):
+    """Object region representations (Eq. 3): f_k = sum_i softmax over pixels i of m_ki, times x_i.
+
+    feats (B, C, H, W), region logits (B, K, H, W) -> (B, C, K, 1)  (K "pixels" of a 1-wide map, so that 1x1 convs
+    apply to the region vectors).
+    """
+
+    def forward(self, feats: Tensor, probs: Tensor) -> Tensor:
+        b, k = probs.shape[:2]
+        weights = F.softmax(probs.reshape(b, k, -1).float(), dim=2).to(feats.dtype)  # (B, K, HW), softmax over pixels
+        pixels = feats.permute(0, 2, 3, 1).flatten(1, 2)  # (B, HW, C): a view when feats is channels_last
+        regions = torch.matmul(weights, pixels)  # (B, K, C)
+        return regions.permute(0, 2, 1).unsqueeze(3)
+
+
+class ObjectAttentionBlock(nn.Module):
+    """Object contextual representation y (Eqs. 4-5): pixels (B, C, H, W), regions (B, C, K, 1) -> (B, C, H, W).
+
+    query phi(x) (B, HW, C_key), key psi(f) (B, C_key, K), value delta(f) (B, K, C_key);
+    w = softmax_k(query @ key / sqrt(C_key)) (B, HW, K); y = rho(w @ value) with rho: C_key -> C.
+    """
+
+    def __init__(self, in_channels: int, key_channels: int):
+        super().__init__()
+        self.key_channels = key_channels
+        c, ck = in_channels, key_channels
+        self.f_pixel = nn.Sequential(nn.Conv2d(c, ck, 1, bias=False), bn_relu(ck), nn.Conv2d(ck, ck, 1, bias=False), bn_relu(ck))
+        self.f_object = nn.Sequential(nn.Conv2d(c, ck, 1, bias=False), bn_relu(ck), nn.Conv2d(ck, ck, 1, bias=False), bn_relu(ck))
+        self.f_down = nn.Sequential(nn.Conv2d(c, ck, 1, bias=False), bn_relu(ck))
+        self.f_up = nn.Sequential(nn.Conv2d(ck, c, 1, bias=False), bn_relu(c))
+
+    def forward(self, x: Tensor, proxy: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        query = self.f_pixel(x).permute(0, 2, 3, 1).flatten(1, 2)  # (B, HW, Ck)
+        key = self.f_object(proxy).flatten(2)  # (B, Ck, K)
+        value = self.f_down(proxy).flatten(2).transpose(1, 2)  # (B, K, Ck)
+        sim = torch.matmul(query, key) * self.key_channels**-0.5  # (B, HW, K)
+        sim = F.softmax(sim.float(), dim=-1).to(value.dtype)
+        context = torch.matmul(sim, value)  # (B, HW, Ck)
+        context = context.reshape(b, h, w, self.key_channels).permute(0, 3, 1, 2)  # NCHW view, channels_last strides
+        return self.f_up(context)
+
+
+class SpatialOCR(nn.Module):
+    """Augmented representation (Eq. 6): z = g([y, x]) with g a 1x1 conv-BN-ReLU + Dropout2d.
+
+    pixels (B, C, H, W), regions (B, C, K, 1) -> (B, out_channels, H, W). The concat order [context, pixels]
+    follows the official code.
+    """
+
+    def __init__(self, in_channels: int, key_channels: int, out_channels: int, dropout: float = 0.05):
+        super().__init__()
+        self.object_context_block = ObjectAttentionBlock(in_channels, key_channels)
+        self.conv_bn_dropout = nn.Sequential(
+            nn.Conv2d(2 * in_channels, out_channels, 1, bias=False), bn_relu(out_channels), nn.Dropout2d(dropout)
+        )
+
+    def forward(self, feats: Tensor, proxy: Tensor) -> Tensor:
+        context = self.object_context_block(feats, proxy)
+        return self.conv_bn_dropout(torch.cat([context, feats], dim=1))
+
+
+class OCRHead(nn.Module):
+    """HRNet + OCR head: [(B, C_i, H_i, W_i)] -> {"out": (B, K, H_0, W_0), "aux": (B, K, H_0, W_0)}.
+
+    H_0, W_0 is the size of the first (highest-resolution) map: ceil(H/4), ceil(W/4) for an (H, W) image on HRNet.
+
+        z      = concat_i resize(x_i, (H_0, W_0))               (B, sum C_i, H_0, W_0)
+        aux    = conv1x1(ReLU(BN(conv1x1(z) + b))) + b           (B, K, H_0, W_0)   soft object regions
+        x      = ReLU(BN(conv3x3(z) + b))                        (B, mid, H_0, W_0) pixel representations
+        f      = SpatialGather(x, aux)                           (B, mid, K, 1)     object region representations
+        x'     = SpatialOCR(x, f)                                (B, mid, H_0, W_0) augmented representations
+        out    = conv1x1(x') + b                                 (B, K, H_0, W_0)
+
+    Layer names follow the official model (``conv3x3_ocr``, ``ocr_distri_head``, ``cls_head``, ``aux_head``).
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        mid_channels: int = 512,
+        key_channels: int = 256,
+        dropout: float = 0.05,
+    ):
+        super().__init__()
+        self.in_channels = list(in_channels)
+        self.num_classes = num_classes
+        c = sum(self.in_channels)
+        self.conv3x3_ocr = nn.Sequential(*conv_bn_relu(c, mid_channels, kernel_size=3, bias=True))
+        self.ocr_gather_head = SpatialGather()
+        self.ocr_distri_head = SpatialOCR(mid_channels, key_channels, mid_channels, dropout=dropout)
+        self.cls_head = nn.Conv2d(mid_channels, num_classes, kernel_size=1)
+        self.aux_head = nn.Sequential(*conv_bn_relu(c, c, kernel_size=1, bias=True), nn.Conv2d(c, num_classes, kernel_size=1))
+
+    def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
+        check_feats(feats, self.in_channels, type(self).__name__)
+        z = resize_concat(feats)
+        aux = self.aux_head(z)
+        x = self.conv3x3_ocr(z)
+        regions = self.ocr_gather_head(x, aux)
+        x = self.ocr_distri_head(x, regions)
+        return {"out": self.cls_head(x), "aux": aux}
+
+
+@HEADS.register("ocr")
+def build_ocr(
+    backbone: nn.Module, num_classes: int, mid_channels: int = 512, key_channels: int = 256, dropout: float = 0.05
+) -> OCRHead:
+    """"ocr": the HRNet + OCR head on all backbone outputs."""
+    return OCRHead(backbone.out_channels, num_classes, mid_channels=mid_channels, key_channels=key_channels, dropout=dropout)
