@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except ContextSegError as exc:
-        print(f"contextseg {args.command}: error: {exc}", file=sys.stderr)
+        message = str(exc).strip()
+        if "Original Traceback" in message:  # raised inside a DataLoader worker: keep the message only
+            message = message.splitlines()[-1].split("ContextSegError: ", 1)[-1]
+        print(f"contextseg {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -126,7 +126,9 @@ def test_unknown_names_and_bad_arguments():
 
 
 def test_rebuild_from_init_args():
-    model = create_model("ocr", backbone="hrnetv2_w18_small_v1", num_classes=7, in_channels=4, mid_channels=128, key_channels=64)
+    model = create_model(
+        "ocr", backbone="hrnetv2_w18_small_v1", num_classes=7, in_channels=4, mid_channels=128, key_channels=64
+    )
     assert model.init_args == dict(
         arch="ocr", backbone="hrnetv2_w18_small_v1", num_classes=7, in_channels=4, mid_channels=128, key_channels=64
     )

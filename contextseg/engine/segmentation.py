@@ -44,7 +44,7 @@ def eval_loader(dataset, cfg: Config) -> DataLoader:
                       num_workers=min(cfg.data.num_workers, 2))
 
 
-def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict:
+def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_at: int | None = None) -> dict:
     """Train a segmentation model as `cfg` says; returns the summary written to OUTPUT_DIR/summary.json."""
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = build_datasets(cfg)
@@ -61,7 +61,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> dict
 
     meta = {"classes": list(train_set.classes), "palette": [tuple(c) for c in train_set.palette]}
     trainer = Trainer(cfg, model, loss, train_set, evaluate_fn, meta=meta, progress=progress)
-    summary = trainer.fit(resume=resume)
+    summary = trainer.fit(resume=resume, stop_at=stop_at)
     if summary.get("final", {}).get("per_class_iou"):
         print(format_table(summary["final"]))
     return summary

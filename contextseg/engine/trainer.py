@@ -119,7 +119,8 @@ class Trainer:
             self.save("best.pt")
         return metrics
 
-    def fit(self, resume: str | Path | None = None) -> dict:
+    def fit(self, resume: str | Path | None = None, stop_at: int | None = None) -> dict:
+        """Train to cfg.train.iters (or pause after step `stop_at`, writing last.pt, for time-boxed runs)."""
         cfg, t = self.cfg, self.cfg.train
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out_dir / "config.yaml")
@@ -129,7 +130,7 @@ class Trainer:
         bar = tqdm(total=t.iters, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         start_time = time.time()
         bad_steps = 0
-        while self.step < t.iters:
+        while self.step < t.iters and (stop_at is None or self.step < stop_at):
             in_epoch = self.step - self.epoch * self.batches_per_epoch
             if in_epoch >= self.batches_per_epoch:
                 self.epoch += 1
@@ -174,6 +175,9 @@ class Trainer:
                     bar.write(f"step {self.step}: val {self.key_metric} {100 * m.get(self.key_metric, float('nan')):.2f}")
                 elif self.step % t.checkpoint_interval == 0 or last:
                     self.save("last.pt")
+                if stop_at is not None and self.step >= stop_at and not last:
+                    self.save("last.pt")
+                    break
                 if last or self.step - self.epoch * self.batches_per_epoch >= self.batches_per_epoch:
                     break
         bar.close()

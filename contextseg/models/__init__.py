@@ -50,7 +50,9 @@ def create_model(
         ) from None
     body = build_backbone(in_channels=in_channels)
     model = Segmentor(body, build_head(body, num_classes, **head_kwargs))
-    model.init_args = dict(arch=arch, backbone=backbone, num_classes=num_classes, in_channels=in_channels, **head_kwargs)
+    model.init_args = dict(
+        arch=arch, backbone=backbone, num_classes=num_classes, in_channels=in_channels, **head_kwargs
+    )
     return model
 
 

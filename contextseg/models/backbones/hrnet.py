@@ -97,7 +97,9 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
-def make_layer(block: type[BasicBlock] | type[Bottleneck], inplanes: int, planes: int, num_blocks: int) -> nn.Sequential:
+def make_layer(
+    block: type[BasicBlock] | type[Bottleneck], inplanes: int, planes: int, num_blocks: int
+) -> nn.Sequential:
     """``num_blocks`` residual units; the first gets a 1x1 conv-BN shortcut when the width changes."""
     downsample = None
     if inplanes != planes * block.expansion:
@@ -190,7 +192,9 @@ def transition(pre: Sequence[int], cur: Sequence[int]) -> nn.ModuleList:
             steps = []
             for j in range(i + 1 - len(pre)):
                 out_c = c if j == i - len(pre) else pre[-1]
-                steps.append(nn.Sequential(nn.Conv2d(pre[-1], out_c, 3, 2, 1, bias=False), bn(out_c), nn.ReLU(inplace=True)))
+                steps.append(
+                    nn.Sequential(nn.Conv2d(pre[-1], out_c, 3, 2, 1, bias=False), bn(out_c), nn.ReLU(inplace=True))
+                )
             layers.append(nn.Sequential(*steps))
     return layers
 

@@ -20,7 +20,10 @@ def resize_concat(feats: Sequence[Tensor], size: Sequence[int] | None = None) ->
     if size is None:
         size = feats[0].shape[-2:]
     size = tuple(size)
-    maps = [f if tuple(f.shape[-2:]) == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats]
+    maps = [
+        f if tuple(f.shape[-2:]) == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+        for f in feats
+    ]
     return torch.cat(maps, dim=1)
 
 

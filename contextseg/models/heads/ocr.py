@@ -3,15 +3,16 @@ Fig. 3), as in the official HRNet + OCR model (HRNet-Semantic-Segmentation, bran
 
 A pixel's representation x_i is augmented with the representations of the object regions it probably belongs to:
 
-    soft object regions      M = aux_head(z)                          K maps, supervised by the ground truth ("aux")
+    soft object regions      M = aux_head(u)                          K maps, supervised by the ground truth ("aux")
     object region repr.      f_k = sum_i softmax_i(m_ki) x_i                               (paper Eq. 3)
     pixel-region relation    w_ik = exp(kappa(x_i, f_k)) / sum_j exp(kappa(x_i, f_j)),
                              kappa(x, f) = phi(x)^T psi(f) / sqrt(C_key)                  (Eq. 4)
     object contextual repr.  y_i = rho(sum_k w_ik delta(f_k))                              (Eq. 5)
     augmented repr.          z_i = g([x_i^T, y_i^T]^T)                                     (Eq. 6)
 
-phi, psi are two 1x1 conv-BN-ReLU layers, delta, rho and g one each. The 1/sqrt(C_key) scaling is in the official
-code, not in the paper's equation.
+u is the concatenation of the resized backbone maps and x = conv3x3(u) the pixel representations. phi and psi are
+two 1x1 conv-BN-ReLU layers, delta, rho and g one each. The 1/sqrt(C_key) scaling is in the official code, not in
+the paper's equation.
 """
 from __future__ import annotations
 
@@ -64,10 +65,14 @@ class ObjectAttentionBlock(nn.Module):
         super().__init__()
         self.key_channels = key_channels
         c, ck = in_channels, key_channels
-        self.f_pixel = nn.Sequential(nn.Conv2d(c, ck, 1, bias=False), bn_relu(ck), nn.Conv2d(ck, ck, 1, bias=False), bn_relu(ck))
-        self.f_object = nn.Sequential(nn.Conv2d(c, ck, 1, bias=False), bn_relu(ck), nn.Conv2d(ck, ck, 1, bias=False), bn_relu(ck))
-        self.f_down = nn.Sequential(nn.Conv2d(c, ck, 1, bias=False), bn_relu(ck))
-        self.f_up = nn.Sequential(nn.Conv2d(ck, c, 1, bias=False), bn_relu(c))
+        self.f_pixel = nn.Sequential(  # phi
+            nn.Conv2d(c, ck, 1, bias=False), bn_relu(ck), nn.Conv2d(ck, ck, 1, bias=False), bn_relu(ck)
+        )
+        self.f_object = nn.Sequential(  # psi
+            nn.Conv2d(c, ck, 1, bias=False), bn_relu(ck), nn.Conv2d(ck, ck, 1, bias=False), bn_relu(ck)
+        )
+        self.f_down = nn.Sequential(nn.Conv2d(c, ck, 1, bias=False), bn_relu(ck))  # delta
+        self.f_up = nn.Sequential(nn.Conv2d(ck, c, 1, bias=False), bn_relu(c))  # rho
 
     def forward(self, x: Tensor, proxy: Tensor) -> Tensor:
         b, _, h, w = x.shape
@@ -105,9 +110,9 @@ class OCRHead(nn.Module):
 
     H_0, W_0 is the size of the first (highest-resolution) map: ceil(H/4), ceil(W/4) for an (H, W) image on HRNet.
 
-        z      = concat_i resize(x_i, (H_0, W_0))               (B, sum C_i, H_0, W_0)
-        aux    = conv1x1(ReLU(BN(conv1x1(z) + b))) + b           (B, K, H_0, W_0)   soft object regions
-        x      = ReLU(BN(conv3x3(z) + b))                        (B, mid, H_0, W_0) pixel representations
+        u      = concat_i resize(x_i, (H_0, W_0))               (B, sum C_i, H_0, W_0)
+        aux    = conv1x1(ReLU(BN(conv1x1(u) + b))) + b           (B, K, H_0, W_0)   soft object regions
+        x      = ReLU(BN(conv3x3(u) + b))                        (B, mid, H_0, W_0) pixel representations
         f      = SpatialGather(x, aux)                           (B, mid, K, 1)     object region representations
         x'     = SpatialOCR(x, f)                                (B, mid, H_0, W_0) augmented representations
         out    = conv1x1(x') + b                                 (B, K, H_0, W_0)
@@ -131,13 +136,15 @@ class OCRHead(nn.Module):
         self.ocr_gather_head = SpatialGather()
         self.ocr_distri_head = SpatialOCR(mid_channels, key_channels, mid_channels, dropout=dropout)
         self.cls_head = nn.Conv2d(mid_channels, num_classes, kernel_size=1)
-        self.aux_head = nn.Sequential(*conv_bn_relu(c, c, kernel_size=1, bias=True), nn.Conv2d(c, num_classes, kernel_size=1))
+        self.aux_head = nn.Sequential(
+            *conv_bn_relu(c, c, kernel_size=1, bias=True), nn.Conv2d(c, num_classes, kernel_size=1)
+        )
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         check_feats(feats, self.in_channels, type(self).__name__)
-        z = resize_concat(feats)
-        aux = self.aux_head(z)
-        x = self.conv3x3_ocr(z)
+        u = resize_concat(feats)  # (B, sum C_i, H_0, W_0)
+        aux = self.aux_head(u)  # soft object regions
+        x = self.conv3x3_ocr(u)
         regions = self.ocr_gather_head(x, aux)
         x = self.ocr_distri_head(x, regions)
         return {"out": self.cls_head(x), "aux": aux}
@@ -148,4 +155,6 @@ def build_ocr(
     backbone: nn.Module, num_classes: int, mid_channels: int = 512, key_channels: int = 256, dropout: float = 0.05
 ) -> OCRHead:
     """"ocr": the HRNet + OCR head on all backbone outputs."""
-    return OCRHead(backbone.out_channels, num_classes, mid_channels=mid_channels, key_channels=key_channels, dropout=dropout)
+    return OCRHead(
+        backbone.out_channels, num_classes, mid_channels=mid_channels, key_channels=key_channels, dropout=dropout
+    )
