@@ -24,7 +24,7 @@ class ModelConfig:
     backbone: str = "hrnetv2_w18_small_v2"
     num_classes: int | None = None  # None: taken from the dataset
     in_channels: int = 3
-    kwargs: dict = field(default_factory=dict)  # extra head arguments, e.g. {mid_channels: 256}
+    kwargs: dict = field(default_factory=dict)  # extra head/backbone arguments, e.g. {output_stride: 16}
 
 
 @dataclass

@@ -34,14 +34,15 @@ def test_poly_schedule_with_warmup():
 
 
 def test_training_loss_falls_and_miou_rises(tmp_path):
-    cfg = tiny_cfg(tmp_path, "train.iters=60", "train.eval_interval=60", "model.arch=ocr")
+    cfg = tiny_cfg(tmp_path, "train.iters=60", "train.eval_interval=20", "model.arch=ocr")
     summary = train(cfg, progress=False)
-    records = [r for r in map(eval_json, open(tmp_path / "metrics.jsonl")) if r["kind"] == "train"]
-    first = sum(r["loss"] for r in records[:5]) / 5
-    last = sum(r["loss"] for r in records[-5:]) / 5
-    assert last < 0.7 * first
+    records = list(map(eval_json, open(tmp_path / "metrics.jsonl")))
+    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    mious = [r["mIoU"] for r in records if r["kind"] == "val"]
+    assert len(mious) == 3 and mious[-1] > mious[0]
     # a constant prediction of the majority class ("ground", ~half the pixels) scores ~8% mIoU
-    assert summary["best"] > 0.30
+    assert summary["best"] > 0.2
     for name in ("best.pt", "last.pt", "config.yaml", "curves.png", "summary.json"):
         assert (tmp_path / name).exists(), name
 

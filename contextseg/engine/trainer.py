@@ -56,6 +56,8 @@ class Trainer:
                                  num_workers=cfg.data.num_workers, drop_last=True, worker_init_fn=worker_init,
                                  persistent_workers=False, pin_memory=self.device.type == "cuda")
         self.batches_per_epoch = len(train_set) // cfg.data.batch_size
+        # fp16 needs loss scaling (bf16 does not); a disabled scaler is a no-op
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.step = 0
         self.epoch = 0
         self.best = -math.inf
@@ -69,6 +71,7 @@ class Trainer:
             "model_args": dict(getattr(self.model, "init_args", {})),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "best": self.best,
@@ -92,6 +95,8 @@ class Trainer:
         load_state_dict_checked(self.model, ckpt["model"], source=f"checkpoint {str(path)!r}")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
         self.best = ckpt.get("best", -math.inf)
         self.last_metrics = ckpt.get("metrics") or {}
@@ -156,10 +161,12 @@ class Trainer:
                                               "use amp=none, or run `contextseg doctor` on the config")
                 else:
                     bad_steps = 0
-                    loss.backward()
+                    self.scaler.scale(loss).backward()
                     if t.grad_clip:
+                        self.scaler.unscale_(self.optimizer)
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                    self.optimizer.step()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
                 self.scheduler.step()
                 self.step += 1
                 bar.update(1)

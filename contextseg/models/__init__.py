@@ -1,7 +1,9 @@
-"""Models: ``create_model(arch, backbone=..., num_classes=..., in_channels=..., **head_kwargs) -> Segmentor``.
+"""Models: ``create_model(arch, backbone=..., num_classes=..., in_channels=..., **kwargs) -> Segmentor``.
 
-Backbones are registered in ``registry.BACKBONES`` (name -> ``(in_channels=3) -> module``), segmentation
-architectures in ``registry.HEADS`` (name -> ``(backbone_module, num_classes, **head_kwargs) -> head``).
+Backbones are registered in ``registry.BACKBONES`` (name -> ``(in_channels=3, **backbone_kwargs) -> module``),
+segmentation architectures in ``registry.HEADS`` (name -> ``(backbone_module, num_classes, **head_kwargs) -> head``).
+``create_model`` sends each keyword to the builder whose parameter it names (backbone first; a name both take is an
+error), so heads must not reuse backbone option names.
 """
 from __future__ import annotations
 
@@ -21,38 +23,57 @@ def _positive_int(name: str, value, hint: str) -> None:
         raise ContextSegError(f"{name} must be an integer >= 1, got {value!r}; {hint}")
 
 
+def _option_names(fn, skip: set[str]) -> list[str]:
+    """Named keyword parameters of a registered builder, minus the ones create_model passes itself."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds and p.name not in skip]
+
+
 def create_model(
     arch: str,
     backbone: str = "hrnetv2_w18_small_v2",
     num_classes: int = 19,
     in_channels: int = 3,
-    **head_kwargs,
+    **kwargs,
 ) -> Segmentor:
-    """Build ``arch`` (e.g. "fcn", "ocr") on ``backbone`` (e.g. "hrnetv2_w48").
+    """Build ``arch`` (e.g. "fcn", "ocr", "psp") on ``backbone`` (e.g. "hrnetv2_w48", "resnet101").
 
-    The model maps a float batch (B, in_channels, H, W) to {"out": (B, num_classes, ceil(H/4), ceil(W/4))}, plus
-    "aux" of the same shape in training mode for heads with an auxiliary output (OCR). Any H, W >= 1 works.
+    The model maps a float batch (B, in_channels, H, W) to {"out": (B, num_classes, h, w)}, plus "aux" of the same
+    shape in training mode for heads with an auxiliary output (OCR). h, w is the resolution of the features the
+    head uses: ceil(H/4), ceil(W/4) for the HRNet heads; the stride of c5 (8 or 16) for heads on a dilated ResNet.
 
-    ``model.init_args`` records every argument, so ``create_model(**model.init_args)`` rebuilds the same model
-    (same parameter names and shapes; weights are initialised afresh).
+    Extra keyword arguments are routed by name: those that the backbone builder takes (``output_stride``,
+    ``deep_stem`` for "resnet50"/"resnet101") go to the backbone, all others to the head (``mid_channels``,
+    ``in_index``, ``rates``, ...). E.g. ``create_model("psp", backbone="resnet50", num_classes=19, output_stride=8)``.
+
+    ``model.init_args`` records every argument in this flat form, so ``create_model(**model.init_args)`` rebuilds
+    the same model (same parameter names and shapes; weights are initialised afresh).
     """
     build_head = HEADS.get(arch)
     build_backbone = BACKBONES.get(backbone)
     _positive_int("num_classes", num_classes, "set it to the number of classes in your labels (19 for Cityscapes)")
     _positive_int("in_channels", in_channels, "use 3 for RGB images, 1 for grayscale")
+    backbone_opts = _option_names(build_backbone, skip={"in_channels"})
+    head_opts = _option_names(build_head, skip=set(list(inspect.signature(build_head).parameters)[:2]))
+    both = sorted(set(backbone_opts) & set(head_opts) & set(kwargs))
+    if both:
+        raise ContextSegError(
+            f"option(s) {both} are taken by both model {arch!r} and backbone {backbone!r}, so create_model cannot "
+            f"route them; rename the head's option"
+        )
+    backbone_kwargs = {k: v for k, v in kwargs.items() if k in backbone_opts}
+    head_kwargs = {k: v for k, v in kwargs.items() if k not in backbone_opts}
     try:
         inspect.signature(build_head).bind(None, num_classes, **head_kwargs)
     except TypeError:
-        accepted = [p for p in inspect.signature(build_head).parameters][2:]
         raise ContextSegError(
-            f"model {arch!r} does not take the options {sorted(head_kwargs)}; it accepts: "
-            f"{', '.join(accepted) or '(no extra options)'}"
+            f"model {arch!r} on backbone {backbone!r} does not take the options {sorted(head_kwargs)}; model {arch!r} "
+            f"accepts: {', '.join(head_opts) or '(no extra options)'}; backbone {backbone!r} accepts: "
+            f"{', '.join(backbone_opts) or '(no extra options)'}"
         ) from None
-    body = build_backbone(in_channels=in_channels)
+    body = build_backbone(in_channels=in_channels, **backbone_kwargs)
     model = Segmentor(body, build_head(body, num_classes, **head_kwargs))
-    model.init_args = dict(
-        arch=arch, backbone=backbone, num_classes=num_classes, in_channels=in_channels, **head_kwargs
-    )
+    model.init_args = dict(arch=arch, backbone=backbone, num_classes=num_classes, in_channels=in_channels, **kwargs)
     return model
 
 

@@ -9,8 +9,8 @@ from ..errors import ContextSegError
 class Segmentor(nn.Module):
     """(B, C_in, H, W) float image batch -> {"out": (B, K, h, w)} (+ "aux" in training mode when the head has one).
 
-    Logits stay at the head's resolution: stride 4 for HRNet heads, i.e. h = ceil(H / 4), w = ceil(W / 4) (every
-    stride-2 conv of the stem maps n -> ceil(n / 2)). Upsampling to the label size belongs to losses, metrics and
+    Logits stay at the head's resolution: stride 4 for heads on all HRNet maps, i.e. h = ceil(H / 4), w = ceil(W / 4)
+    (every stride-2 conv of the stem maps n -> ceil(n / 2)); the output stride (8 or 16) for heads on a dilated ResNet. Upsampling to the label size belongs to losses, metrics and
     prediction, never to the model.
 
     In eval mode only "out" is returned. Heads that can skip their auxiliary branch check ``self.training``

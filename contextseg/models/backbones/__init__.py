@@ -1,4 +1,5 @@
 """Backbones: ``backbone(x) -> list of feature maps`` with ``out_channels`` and ``strides`` attributes."""
 from .hrnet import HRNET_CONFIGS, HRNet, StageCfg
+from .resnet import RESNET_LAYERS, ResNet
 
-__all__ = ["HRNet", "HRNET_CONFIGS", "StageCfg"]
+__all__ = ["HRNet", "HRNET_CONFIGS", "StageCfg", "ResNet", "RESNET_LAYERS"]

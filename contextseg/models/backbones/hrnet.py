@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ...errors import ContextSegError
 from ...registry import BACKBONES
+from ..attention import SEBlock
 
 BN_MOMENTUM = 0.1  # official value, PyTorch convention (== nn.BatchNorm2d default)
 
@@ -62,11 +63,12 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = bn(planes)
         self.downsample = downsample
+        self.se = nn.Identity()  # add_se() puts an SEBlock here, on the residual branch
 
     def forward(self, x: Tensor) -> Tensor:
         residual = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.se(self.bn2(self.conv2(out)))
         out += residual
         return self.relu(out)
 
@@ -87,12 +89,13 @@ class Bottleneck(nn.Module):
         self.bn3 = bn(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        self.se = nn.Identity()  # add_se() puts an SEBlock here, on the residual branch
 
     def forward(self, x: Tensor) -> Tensor:
         residual = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = self.se(self.bn3(self.conv3(out)))
         out += residual
         return self.relu(out)
 
@@ -210,9 +213,11 @@ class HRNet(nn.Module):
     Attributes:
         out_channels: widths of the four outputs, e.g. [18, 36, 72, 144] for W18.
         strides: [4, 8, 16, 32].
+        default_in_index: [0, 1, 2, 3]; heads use all four maps, resized to stride 4 and concatenated (HRNetV2).
     """
 
     strides = [4, 8, 16, 32]
+    default_in_index = [0, 1, 2, 3]
     fuse_pairs = (("conv1", "bn1"), ("conv2", "bn2"))  # stem (conv, BN) pairs for fuse_conv_bn
 
     def __init__(self, stage1: StageCfg, stage2: StageCfg, stage3: StageCfg, stage4: StageCfg, in_channels: int = 3):
@@ -306,12 +311,34 @@ HRNET_CONFIGS: dict[str, dict[str, StageCfg]] = {
 }
 
 
+def add_se(net: nn.Module, reduction: int = 16) -> nn.Module:
+    """Turn every residual unit of ``net`` into an SE unit (Hu et al. 2018, Fig. 3: the SE block rescales the
+    residual branch before the sum with the identity), in place; returns ``net``.
+
+    Each BasicBlock / Bottleneck gets ``SEBlock(C, reduction)`` with C its output width, adding
+    2*C*max(1, C // reduction) + max(1, C // reduction) + C parameters per unit. Without it the units are the
+    official ones (``se`` is a parameter-free Identity), so default counts and checkpoints are unchanged.
+    """
+    for m in net.modules():
+        if isinstance(m, BasicBlock):
+            m.se = SEBlock(m.bn2.num_features, reduction)
+        elif isinstance(m, Bottleneck):
+            m.se = SEBlock(m.bn3.num_features, reduction)
+    return net
+
+
 def _register(name: str) -> None:
-    def build(in_channels: int = 3) -> HRNet:
-        return HRNet(**HRNET_CONFIGS[name], in_channels=in_channels)
+    def build(in_channels: int = 3, se: bool = False) -> HRNet:
+        if not isinstance(se, bool):
+            raise ContextSegError(f"se must be True or False, got {se!r}")
+        net = HRNet(**HRNET_CONFIGS[name], in_channels=in_channels)
+        return add_se(net) if se else net
 
     build.__name__ = name
-    build.__doc__ = f"HRNetV2 preset {name!r} (official stage config); returns an HRNet module."
+    build.__doc__ = (
+        f"HRNetV2 preset {name!r} (official stage config); returns an HRNet module. "
+        f"se=True adds a squeeze-and-excitation block (r = 16) to every residual unit (see add_se)."
+    )
     BACKBONES.register(name)(build)
 
 

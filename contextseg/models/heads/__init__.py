@@ -1,5 +1,14 @@
 """Heads: ``head(list of feature maps) -> {"out": logits, ["aux": logits]}``, registered in ``HEADS`` by arch name."""
+from .aspp import ASPPHead
+from .aspp_l import ASPPLHead
+from .common import FeatureAdapter
 from .fcn import HRNetV2Head
+from .largefov import LargeFOVHead
+from .nonlocal_head import NonLocalHead
 from .ocr import OCRHead, SpatialGather, SpatialOCR, ObjectAttentionBlock
+from .psp import PSPHead
 
-__all__ = ["HRNetV2Head", "OCRHead", "SpatialGather", "SpatialOCR", "ObjectAttentionBlock"]
+__all__ = [
+    "HRNetV2Head", "OCRHead", "SpatialGather", "SpatialOCR", "ObjectAttentionBlock",
+    "FeatureAdapter", "PSPHead", "ASPPHead", "ASPPLHead", "LargeFOVHead", "NonLocalHead",
+]

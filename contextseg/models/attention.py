@@ -1,0 +1,90 @@
+"""Attention blocks shared by heads and backbones: channel attention (squeeze-and-excitation) and self-attention
+(non-local block). Each keeps the shape of its input: (B, C, H, W) -> (B, C, H, W).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ContextSegError
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-Excitation block (Hu, Shen & Sun 2018, "Squeeze-and-Excitation Networks", Sec. 3, Fig. 1;
+    placement in a residual unit: Fig. 3, on the residual branch before the sum with the identity).
+
+        z = GAP(x)                                   squeeze         (B, C, 1, 1)   (Eq. 2)
+        s = sigmoid(W2 ReLU(W1 z + b1) + b2)         excitation      (B, C, 1, 1)   (Eq. 3), W1: C -> C/r, W2: C/r -> C
+        y = s * x                                    channel scale   (B, C, H, W)   (Eq. 4)
+
+    The two fully connected layers are 1x1 convs (same parameters as ``nn.Linear``, no reshapes, any memory
+    format). Parameters: 2 * C * (C/r) + C/r + C, with C/r = max(1, C // r).
+
+    Args:
+        channels: C.
+        reduction: r, the bottleneck ratio (16 in the paper).
+    """
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        if channels < 1 or reduction < 1:
+            raise ContextSegError(f"SEBlock needs channels >= 1 and reduction >= 1, got {channels} and {reduction}")
+        hidden = max(1, channels // reduction)
+        self.channels, self.reduction, self.hidden = channels, reduction, hidden
+        self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = F.adaptive_avg_pool2d(x, 1)
+        s = torch.sigmoid(self.fc2(self.relu(self.fc1(s))))
+        return x * s
+
+
+class NonLocal2d(nn.Module):
+    """Non-local (self-attention) block, embedded Gaussian form (Wang, Girshick, Gupta & He 2018, "Non-local Neural
+    Networks", Eqs. 1-3 and Fig. 2), laid out as mmcv's ``NonLocal2d`` with a BN after W_z (what mmsegmentation's
+    ``NLHead`` builds):
+
+        theta = W_theta x, phi = W_phi x, g = W_g x       1x1 convs with bias, C -> C' = C // reduction
+        w     = softmax_j(theta_i^T phi_j / sqrt(C'))      (B, HW, HW), the pairwise weights (Eq. 3;
+                                                           the 1/sqrt(C') scale only with use_scale)
+        y_i   = sum_j w_ij g_j                             (B, C', H, W)   (Eq. 1)
+        z     = x + BN(W_z y)                              (B, C, H, W)    (Eq. 6), W_z a 1x1 conv C' -> C, no bias
+
+    The BN scale starts at zero, so the block starts as the identity (paper Sec. 4.1, as mmcv ``zeros_init``).
+    Memory is O((HW)^2) per image: on a stride-4 map of a 1024x2048 image that is 131072^2 weights, so run it on
+    a stride-8 (or coarser) map there.
+
+    Parameters: 3 * (C * C' + C') + C' * C + 2 * C.
+    """
+
+    def __init__(self, in_channels: int, reduction: int = 2, use_scale: bool = True):
+        super().__init__()
+        inter = in_channels // reduction
+        if inter < 1:
+            raise ContextSegError(
+                f"NonLocal2d: in_channels={in_channels} // reduction={reduction} leaves no channels; lower reduction"
+            )
+        self.in_channels, self.inter_channels, self.use_scale = in_channels, inter, use_scale
+        self.g = nn.Conv2d(in_channels, inter, kernel_size=1)
+        self.theta = nn.Conv2d(in_channels, inter, kernel_size=1)
+        self.phi = nn.Conv2d(in_channels, inter, kernel_size=1)
+        self.conv_out = nn.Sequential(nn.Conv2d(inter, in_channels, kernel_size=1, bias=False), nn.BatchNorm2d(in_channels))
+        for conv in (self.g, self.theta, self.phi):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+        nn.init.zeros_(self.conv_out[1].weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        theta = self.theta(x).flatten(2).transpose(1, 2)  # (B, HW, C')
+        phi = self.phi(x).flatten(2)  # (B, C', HW)
+        g = self.g(x).flatten(2).transpose(1, 2)  # (B, HW, C')
+        sim = torch.matmul(theta, phi)  # (B, HW, HW)
+        if self.use_scale:
+            sim = sim * self.inter_channels**-0.5
+        sim = F.softmax(sim.float(), dim=-1).to(g.dtype)
+        y = torch.matmul(sim, g).transpose(1, 2).reshape(b, self.inter_channels, h, w)  # (B, C', H, W)
+        return x + self.conv_out(y)

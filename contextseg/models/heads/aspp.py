@@ -1,0 +1,88 @@
+"""DeepLab v3 ASPP head (Chen, Papandreou, Schroff & Adam 2017, "Rethinking Atrous Convolution for Semantic Image
+Segmentation", Sec. 3.3 and Fig. 5): atrous spatial pyramid pooling with image-level features. One 1x1 conv and
+three 3x3 atrous convs (rates 6, 12, 18 at output stride 16, doubled to 12, 24, 36 at output stride 8), each
+256 channels with BN, plus global average pooling -> 1x1 conv; concatenated, projected by a 1x1 conv (256, BN)
+and classified by a final 1x1 conv. Dropout 0.1 before the classifier, as the official TF code (keep 0.9).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...errors import ContextSegError
+from ...registry import HEADS
+from .common import (
+    FeatureAdapter, check_pooled_batch, conv_bn_relu, default_in_index, init_classifier, scale_rates, stride_of
+)
+
+BASE_RATES = (6, 12, 18)  # at output stride 16
+
+
+class ASPPHead(nn.Module):
+    """[(B, C_i, H_i, W_i)] -> {"out": (B, K, H, W)}, H, W the size of the chosen map.
+
+        x    = adapter(feats)                                        (B, C, H, W)
+        a_0  = ReLU(BN(conv1x1(x)))                                  (B, A, H, W)
+        a_r  = ReLU(BN(conv3x3_dilation_r(x)))  for r in rates       (B, A, H, W)
+        a_p  = resize(ReLU(BN(conv1x1(GAP(x)))), (H, W))             (B, A, H, W)   image pooling
+        h    = ReLU(BN(conv1x1(concat[a_0, a_r..., a_p])))           (B, A, H, W)   projection
+        out  = conv1x1(Dropout2d(h)) + b                             (B, K, H, W)
+
+    A = ``channels`` (256). Parameters: (2 + 9 * len(rates)) * C*A + (len(rates) + 2) * A*A + 2A * (len(rates) + 3)
+    + A*K + K.
+
+    Training needs a batch of at least 2 (BatchNorm after the global pooling).
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        in_index: int | Sequence[int] = -1,
+        rates: Sequence[int] = (12, 24, 36),
+        channels: int = 256,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
+            raise ContextSegError(f"ASPP rates must be positive integers, got {rates!r}; e.g. rates=[6, 12, 18]")
+        self.num_classes = num_classes
+        self.rates = tuple(rates)
+        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
+        c, a = self.inputs.out_channels, channels
+        self.aspp = nn.ModuleList(
+            [conv_bn_relu(c, a)] + [conv_bn_relu(c, a, kernel_size=3, dilation=r) for r in self.rates]
+        )
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), *conv_bn_relu(c, a))
+        self.project = conv_bn_relu((len(self.rates) + 2) * a, a)
+        self.dropout = nn.Dropout2d(dropout)
+        self.cls_head = init_classifier(nn.Conv2d(a, num_classes, kernel_size=1))
+
+    def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
+        x = self.inputs(feats)
+        if self.training:
+            check_pooled_batch(x, type(self).__name__)
+        branches = [branch(x) for branch in self.aspp]
+        branches.append(F.interpolate(self.image_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False))
+        h = self.project(torch.cat(branches, dim=1))
+        return {"out": self.cls_head(self.dropout(h))}
+
+
+@HEADS.register("aspp")
+def build_aspp(
+    backbone: nn.Module,
+    num_classes: int,
+    in_index: int | Sequence[int] | None = None,
+    rates: Sequence[int] | None = None,
+    channels: int = 256,
+    dropout: float = 0.1,
+) -> ASPPHead:
+    """"aspp": DeepLab v3 ASPP; rates from the chosen map's stride unless given (12/24/36 on ResNet OS 8)."""
+    index = default_in_index(backbone) if in_index is None else in_index
+    if rates is None:
+        stride = stride_of(backbone, index)
+        rates = BASE_RATES if stride is None else scale_rates(BASE_RATES, stride, at_stride=16)
+    return ASPPHead(backbone.out_channels, num_classes, index, rates, channels, dropout)

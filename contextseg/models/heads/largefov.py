@@ -1,0 +1,69 @@
+"""DeepLab-LargeFOV head (Chen, Papandreou, Kokkinos, Murphy & Yuille 2015, "Semantic Image Segmentation with Deep
+Convolutional Nets and Fully Connected CRFs", Sec. 4.1 and Table 2, "DeepLab-LargeFOV": kernel 3x3, input stride
+(rate) 12, 1024 channels; also DeepLab v2, Fig. 4(a)): VGG's fc6/fc7 made convolutional and thinned to 1024
+channels, fc6 atrous at rate 12 on the stride-8 map; ReLU and dropout 0.5 after each, then the fc8 classifier.
+No BatchNorm (the 2015 network has none).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from ...errors import ContextSegError
+from ...registry import HEADS
+from .common import FeatureAdapter, default_in_index, init_classifier, scale_rates, stride_of
+
+
+class LargeFOVHead(nn.Module):
+    """[(B, C_i, H_i, W_i)] -> {"out": (B, K, H, W)}, H, W the size of the chosen map.
+
+        x    = adapter(feats)                                         (B, C, H, W)
+        h6   = Dropout(ReLU(conv3x3_dilation_d(x) + b))               (B, F, H, W)   fc6, d = ``dilation`` (12)
+        h7   = Dropout(ReLU(conv1x1(h6) + b))                         (B, F, H, W)   fc7
+        out  = conv1x1(h7) + b                                        (B, K, H, W)   fc8
+
+    F = ``channels`` (1024). Parameters: 9*C*F + F + F*F + F + F*K + K.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        in_index: int | Sequence[int] = -1,
+        dilation: int = 12,
+        channels: int = 1024,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+            raise ContextSegError(f"LargeFOV dilation must be a positive integer, got {dilation!r}; e.g. 12")
+        self.num_classes = num_classes
+        self.dilation = dilation
+        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
+        c = self.inputs.out_channels
+        self.fc6 = nn.Sequential(
+            nn.Conv2d(c, channels, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True), nn.Dropout(dropout)
+        )
+        self.fc7 = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.cls_head = init_classifier(nn.Conv2d(channels, num_classes, kernel_size=1))
+
+    def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
+        return {"out": self.cls_head(self.fc7(self.fc6(self.inputs(feats))))}
+
+
+@HEADS.register("largefov")
+def build_largefov(
+    backbone: nn.Module,
+    num_classes: int,
+    in_index: int | Sequence[int] | None = None,
+    dilation: int | None = None,
+    channels: int = 1024,
+    dropout: float = 0.5,
+) -> LargeFOVHead:
+    """"largefov": DeepLab-LargeFOV; dilation 12 at stride 8, rescaled to the chosen map's stride unless given."""
+    index = default_in_index(backbone) if in_index is None else in_index
+    if dilation is None:
+        stride = stride_of(backbone, index)
+        dilation = 12 if stride is None else scale_rates((12,), stride, at_stride=8)[0]
+    return LargeFOVHead(backbone.out_channels, num_classes, index, dilation, channels, dropout)
