@@ -41,6 +41,9 @@ class DataConfig:
     eval_batch_size: int = 1
     num_workers: int = 2
     kwargs: dict = field(default_factory=dict)  # extra dataset arguments
+    mix: str = "none"  # batch mix in training: none | cutmix | copy_paste (contextseg/data/mix.py)
+    mix_prob: float = 0.5  # probability that a training batch is mixed
+    mix_kwargs: dict = field(default_factory=dict)  # e.g. {alpha: 1.0} or {classes: [8, 9], scale_range: [0.5, 1.5]}
 
 
 @dataclass
@@ -64,8 +67,11 @@ class TrainConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "ce"
+    name: str = "ce"  # ce | ohem | focal (contextseg/losses.py)
+    # output name or glob pattern -> weight, e.g. {out: 1.0, aux: 0.4, "out_s*": 0.4}
     weights: dict = field(default_factory=lambda: {"out": 1.0, "aux": 0.4})
+    # loss arguments, e.g. {class_weights: median_frequency} or [..] for ce/ohem; {thresh: 0.7, min_kept: 100000}
+    # for ohem; {gamma: 2.0, alpha: [..]} for focal
     kwargs: dict = field(default_factory=dict)
 
 
@@ -189,6 +195,10 @@ def validate(cfg: Config) -> Config:
         raise ContextSegError("data.crop_size is [H, W] and data.scale_range is [min, max]")
     if d.batch_size < 1:
         raise ContextSegError("data.batch_size must be >= 1")
+    if d.mix not in ("none", "cutmix", "copy_paste"):
+        raise ContextSegError(f"data.mix must be 'none', 'cutmix' or 'copy_paste', got {d.mix!r}")
+    if not 0.0 <= d.mix_prob <= 1.0:
+        raise ContextSegError(f"data.mix_prob is a probability in [0, 1], got {d.mix_prob}")
     return cfg
 
 

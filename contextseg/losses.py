@@ -1,15 +1,27 @@
-"""Segmentation losses. Each takes logits (B, K, h, w) and labels (B, H, W) and resizes the
+"""Segmentation losses. Each takes logits (B, K, h, w) and labels (B, H, W) int64 and resizes the
 logits to the labels (bilinear) before comparing, so models keep their stride-4 outputs.
+Pixels labelled ``ignore_index`` (255) never count; a batch of only ignored pixels gives 0.
 
-`OutputsLoss` combines losses over a model's output dict by name, e.g. OCR's
-CE(out) + 0.4 * CE(aux) (Yuan et al. 2020, Sec. 3.3).
+    "ce"     CrossEntropy: CE with ignore index and optional class weights (a list, or median-frequency
+             balancing from the training labels: ``loss.kwargs.class_weights: median_frequency``).
+    "ohem"   OhemCrossEntropy: CE over the hard pixels only, as the official HRNet-OCR training.
+    "focal"  FocalLoss (Lin et al. 2017, Eq. 5): -alpha_t (1 - p_t)^gamma log p_t.
+
+`OutputsLoss` combines one pixel loss over a model's output dict by name, e.g. OCR's
+CE(out) + 0.4 * CE(aux) (Yuan et al. 2020, Sec. 3.3); names may be glob patterns ("out_s*").
 """
 from __future__ import annotations
 
+import fnmatch
+import inspect
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import ContextSegError
 from .registry import LOSSES
 
 
@@ -19,48 +31,318 @@ def resize_to(logits: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+def _weights_tensor(values, name: str = "class_weights") -> torch.Tensor | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        raise ContextSegError(f"{name}={values!r} must be resolved from the training labels first: build the loss "
+                              f"with contextseg.losses.build_loss_for(cfg, dataset), or give a list of floats")
+    w = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if (w < 0).any() or not torch.isfinite(w).all():
+        raise ContextSegError(f"{name} must be finite and >= 0, got {list(map(float, w))}")
+    return w
+
+
+def _check_weights(weights: torch.Tensor | None, num_classes: int, name: str = "class_weights") -> None:
+    if weights is not None and weights.numel() != num_classes:
+        raise ContextSegError(f"{name} has {weights.numel()} values but the model predicts {num_classes} classes; "
+                              f"give one weight per class")
+
+
 @LOSSES.register("ce")
 class CrossEntropy(nn.Module):
-    """Pixel-wise cross-entropy with an ignore index and optional per-class weights."""
+    """Pixel-wise cross-entropy with an ignore index and optional per-class weights.
 
-    def __init__(self, ignore_index: int = 255, class_weights: list[float] | None = None):
+    With weights w the mean is weighted as torch's: sum_i w_{y_i} CE_i / sum_i w_{y_i}.
+    """
+
+    def __init__(self, ignore_index: int = 255, class_weights: Sequence[float] | None = None):
         super().__init__()
         self.ignore_index = ignore_index
-        w = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
-        self.register_buffer("class_weights", w, persistent=False)
+        self.register_buffer("class_weights", _weights_tensor(class_weights), persistent=False)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = resize_to(logits, labels.shape[-2:]).float()
         if (labels == self.ignore_index).all():
             return logits.sum() * 0.0  # keeps the graph; an all-ignore crop contributes nothing
+        _check_weights(self.class_weights, logits.shape[1])
         return F.cross_entropy(logits, labels, weight=self.class_weights, ignore_index=self.ignore_index)
+
+
+@LOSSES.register("ohem")
+class OhemCrossEntropy(nn.Module):
+    """Online hard example mining CE, as the official HRNet-OCR training (HRNet-Semantic-Segmentation,
+    branch HRNet-OCR, ``lib/core/criterion.py``, ``OhemCrossEntropy``; thresh 0.7, min_kept 100000).
+
+    (B, K, h, w) logits, (B, H, W) labels -> scalar. Over the valid (non-ignored) pixels of the whole
+    batch, p_i = softmax(logits)_i[y_i] is the predicted probability of the true class. Kept pixels:
+    every pixel with p_i < thresh, and at least the ``min_kept`` pixels of lowest p_i (the threshold is
+    raised to the min_kept-th smallest probability when fewer than min_kept pixels are below thresh).
+    The loss is the plain mean of the per-pixel CE (class-weighted when class_weights is given, as the
+    official code does) over the kept pixels. The selection carries no gradient.
+
+    The official code keeps ``p < max(sorted_p[min(min_kept, n - 1)], thresh)``; that is the same set
+    when the probabilities are distinct and min_kept < n. Here min_kept is counted by rank, so ties never
+    drop pixels and min_kept >= n keeps every valid pixel (the official code then drops the most confident one).
+    """
+
+    def __init__(self, thresh: float = 0.7, min_kept: int = 100000, ignore_index: int = 255,
+                 class_weights: Sequence[float] | None = None):
+        super().__init__()
+        if not 0.0 < thresh <= 1.0:
+            raise ContextSegError(f"ohem thresh is a probability in (0, 1], got {thresh}")
+        self.thresh = float(thresh)
+        self.min_kept = max(1, int(min_kept))
+        self.ignore_index = ignore_index
+        self.register_buffer("class_weights", _weights_tensor(class_weights), persistent=False)
+
+    @torch.no_grad()
+    def kept_mask(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) bool: the pixels the loss averages over (logits already at label size)."""
+        valid = labels != self.ignore_index
+        target = labels.masked_fill(~valid, 0)
+        prob = logits.float().softmax(dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+        keep = valid & (prob < self.thresh)
+        n_valid = int(valid.sum())
+        if int(keep.sum()) < min(self.min_kept, n_valid):
+            flat = prob.masked_fill(~valid, float("inf")).flatten()
+            idx = torch.topk(flat, min(self.min_kept, n_valid), largest=False).indices
+            keep = keep.flatten().index_fill(0, idx, True).view_as(keep)
+        return keep
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = resize_to(logits, labels.shape[-2:]).float()
+        if (labels == self.ignore_index).all():
+            return logits.sum() * 0.0
+        _check_weights(self.class_weights, logits.shape[1])
+        keep = self.kept_mask(logits, labels)
+        pixel = F.cross_entropy(logits, labels, weight=self.class_weights, ignore_index=self.ignore_index,
+                                reduction="none")
+        return pixel[keep].mean()
+
+
+@LOSSES.register("focal")
+class FocalLoss(nn.Module):
+    """Focal loss, Lin et al. 2017 ("Focal Loss for Dense Object Detection", Eq. 5), softmax form:
+
+        FL_i = -alpha_{y_i} (1 - p_i)^gamma log p_i,   p_i = softmax(logits)_i[y_i],
+
+    averaged over the non-ignored pixels (plain mean, not divided by the alphas). (B, K, h, w) logits,
+    (B, H, W) labels -> scalar. gamma = 0 with alpha None is cross-entropy exactly.
+
+    alpha: None -> 1 for every class; a list -> one weight per class; a float a -> the binary form of
+    the paper with class 0 as the negative ("background") class: alpha_t = 1 - a for label 0 and a for
+    every other label (for K = 2 this is the paper's alpha with class 1 positive). Use a list for
+    datasets whose class 0 is not background.
+    """
+
+    def __init__(self, gamma: float = 2.0, alpha: float | Sequence[float] | None = None, ignore_index: int = 255):
+        super().__init__()
+        if gamma < 0:
+            raise ContextSegError(f"focal gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+        self.ignore_index = ignore_index
+        self.alpha_scalar = None
+        alpha_t = None
+        if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+            if not 0.0 <= alpha <= 1.0:
+                raise ContextSegError(f"a single focal alpha is a weight in [0, 1], got {alpha}; give a list for "
+                                      f"per-class weights")
+            self.alpha_scalar = float(alpha)
+        else:
+            alpha_t = _weights_tensor(alpha, "alpha")
+        self.register_buffer("alpha", alpha_t, persistent=False)
+
+    def class_alpha(self, num_classes: int, device) -> torch.Tensor | None:
+        if self.alpha_scalar is not None:
+            a = torch.full((num_classes,), self.alpha_scalar, device=device)
+            a[0] = 1.0 - self.alpha_scalar
+            return a
+        _check_weights(self.alpha, num_classes, "focal alpha")
+        return self.alpha
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = resize_to(logits, labels.shape[-2:]).float()
+        valid = labels != self.ignore_index
+        if not valid.any():
+            return logits.sum() * 0.0
+        target = labels.masked_fill(~valid, 0)
+        logpt = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)[valid]
+        loss = -logpt
+        if self.gamma != 0:
+            pt = logpt.exp()
+            loss = (1.0 - pt).clamp_min(0.0).pow(self.gamma) * loss
+        alpha = self.class_alpha(logits.shape[1], logits.device)
+        if alpha is not None:
+            loss = alpha[target[valid]] * loss
+        return loss.mean()
+
+
+# ----------------------------------------------------------------------------- class weights
+
+
+def _label_source(data):
+    """Yield uint8/int label arrays, one per image, from a dataset or an iterable of labels."""
+    if hasattr(data, "load_label") and hasattr(data, "__len__"):  # reads the mask file only
+        for i in range(len(data)):
+            yield np.asarray(data.load_label(i))
+    elif hasattr(data, "raw") and hasattr(data, "__len__"):  # untransformed (image, label)
+        for i in range(len(data)):
+            yield np.asarray(data.raw(i)[1])
+    elif hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (np.ndarray, torch.Tensor)):
+        first = data[0] if len(data) else None
+        if isinstance(first, tuple):  # a dataset of (image, label) pairs
+            for i in range(len(data)):
+                yield _to_numpy(data[i][1])
+        else:
+            for item in data:
+                yield from _split_batch(_to_numpy(item))
+    else:
+        for item in data:
+            yield from _split_batch(_to_numpy(item))
+
+
+def _to_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _split_batch(a: np.ndarray):
+    if a.ndim == 3:  # (B, H, W)
+        yield from a
+    else:
+        yield a
+
+
+def median_frequency_weights(dataset_or_label_iter, num_classes: int, ignore_index: int = 255,
+                             progress: bool = False) -> list[float]:
+    """Median-frequency class balancing (Eigen & Fergus 2015; SegNet, Badrinarayanan et al. 2017, Sec. 4):
+
+        freq_c = (pixels of class c) / (labelled pixels of the images in which c is present)
+        w_c = median_c(freq_c) / freq_c
+
+    Ignored pixels count nowhere; the median is over the classes that occur; a class that never occurs
+    gets weight 1.0 (it has no pixels to weight). Counts come from the raw labels (no augmentation):
+    a dataset's ``load_label(i)`` or ``raw(i)`` when it has one, else ``dataset[i][1]``; or any iterable
+    of (H, W) / (B, H, W) label arrays or tensors. Returns a list of num_classes floats.
+    """
+    counts = np.zeros(num_classes, dtype=np.float64)
+    totals = np.zeros(num_classes, dtype=np.float64)
+    labels = _label_source(dataset_or_label_iter)
+    if progress:
+        from tqdm import tqdm
+
+        labels = tqdm(labels, total=len(dataset_or_label_iter) if hasattr(dataset_or_label_iter, "__len__") else None,
+                      desc="class frequencies", dynamic_ncols=True)
+    for label in labels:
+        flat = np.asarray(label).ravel().astype(np.int64)
+        flat = flat[flat != ignore_index]
+        if flat.size == 0:
+            continue
+        if flat.min() < 0 or flat.max() >= num_classes:
+            bad = np.unique(flat[(flat < 0) | (flat >= num_classes)])[:5].tolist()
+            raise ContextSegError(f"label values {bad} are outside 0..{num_classes - 1} and not the ignore index "
+                                  f"{ignore_index}; fix the labels or the number of classes")
+        c = np.bincount(flat, minlength=num_classes)
+        counts += c
+        totals += (c > 0) * flat.size
+    present = counts > 0
+    if not present.any():
+        raise ContextSegError("cannot compute median-frequency weights: every label pixel is ignored")
+    freq = np.where(present, counts / np.maximum(totals, 1), 0.0)
+    median = float(np.median(freq[present]))
+    return [float(median / f) if p else 1.0 for f, p in zip(freq, present)]
+
+
+# ----------------------------------------------------------------------------- outputs by name
+
+
+def _is_pattern(name: str) -> bool:
+    return any(ch in name for ch in "*?[")
 
 
 class OutputsLoss(nn.Module):
     """Weighted sum of one pixel loss over named model outputs: sum_k w_k * loss(outputs[k], labels).
 
-    Outputs that are absent (e.g. "aux" from an FCN head) are skipped. Returns (total, parts).
+    Keys of ``weights`` are output names or glob patterns (fnmatch: ``*``, ``?``, ``[...]``); an exact
+    name wins over a pattern, and among patterns the first listed that matches wins. Example:
+    {"out": 1.0, "aux": 0.4, "out_s*": 0.4} weights "out" 1.0, "aux" 0.4 and every per-scale output
+    ("out_s0.5", "out_s2.0", ...) 0.4; outputs matched by no key ("attention") are not in the loss.
+    Keys that match nothing (e.g. "aux" from an FCN head) are skipped. Returns (total, parts).
     """
 
     def __init__(self, criterion: nn.Module, weights: dict[str, float]):
         super().__init__()
         self.criterion = criterion
-        self.weights = dict(weights)
+        self.weights = {str(k): float(v) for k, v in dict(weights).items()}
+        self._patterns = [(k, v) for k, v in self.weights.items() if _is_pattern(k)]
+
+    def weight_of(self, name: str) -> float:
+        if name in self.weights:
+            return self.weights[name]
+        for pattern, w in self._patterns:
+            if fnmatch.fnmatchcase(name, pattern):
+                return w
+        return 0.0
 
     def forward(self, outputs: dict, labels: torch.Tensor):
         parts = {}
         total = None
-        for name, w in self.weights.items():
-            if name not in outputs or w == 0:
+        for name, value in outputs.items():
+            w = self.weight_of(name)
+            if w == 0:
                 continue
-            value = self.criterion(outputs[name], labels)
-            parts[name] = value.detach()
-            total = w * value if total is None else total + w * value
+            loss = self.criterion(value, labels)
+            parts[name] = loss.detach()
+            total = w * loss if total is None else total + w * loss
         if total is None:
             raise KeyError(f"none of the loss outputs {list(self.weights)} is in the model's outputs {list(outputs)}")
         return total, parts
 
 
+# ----------------------------------------------------------------------------- construction
+
+
 def build_loss(name: str = "ce", weights: dict[str, float] | None = None, ignore_index: int = 255, **kwargs) -> OutputsLoss:
-    criterion = LOSSES.get(name)(ignore_index=ignore_index, **kwargs)
+    """A registered pixel loss ("ce", "ohem", "focal") wrapped in OutputsLoss; kwargs go to the loss."""
+    cls = LOSSES.get(name)
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in kwargs if k not in params]
+        if unknown:
+            known = [k for k in params if k != "ignore_index"]
+            raise ContextSegError(f"loss {name!r} has no argument(s) {unknown}; its arguments (loss.kwargs) are: "
+                                  f"{', '.join(known) or 'none'}")
+    criterion = cls(ignore_index=ignore_index, **kwargs)
     return OutputsLoss(criterion, weights or {"out": 1.0, "aux": 0.4})
+
+
+WEIGHT_KWARGS = ("class_weights", "alpha")  # loss kwargs that may say "median_frequency"
+
+
+def resolve_loss_kwargs(kwargs: dict, dataset, num_classes: int | None = None, ignore_index: int = 255,
+                        progress: bool = True) -> dict:
+    """Replace ``median_frequency`` in class_weights / alpha with weights counted from ``dataset``'s raw
+    labels, and check every per-class list has num_classes values."""
+    kwargs = dict(kwargs)
+    num_classes = num_classes if num_classes is not None else getattr(dataset, "num_classes", None)
+    for key in WEIGHT_KWARGS:
+        value = kwargs.get(key)
+        if isinstance(value, str):
+            if value.lower().replace("-", "_") not in ("median_frequency", "median_freq"):
+                raise ContextSegError(f"loss.kwargs.{key}={value!r} is not known; use median_frequency or a list of "
+                                      f"one float per class")
+            if dataset is None or num_classes is None:
+                raise ContextSegError(f"loss.kwargs.{key}=median_frequency needs the training set to count classes")
+            kwargs[key] = median_frequency_weights(dataset, num_classes, ignore_index, progress=progress)
+        elif isinstance(value, (list, tuple)) and num_classes is not None and len(value) != num_classes:
+            raise ContextSegError(f"loss.kwargs.{key} has {len(value)} values but the dataset has {num_classes} "
+                                  f"classes; give one weight per class")
+    return kwargs
+
+
+def build_loss_for(cfg, dataset, progress: bool = True) -> OutputsLoss:
+    """The loss of ``cfg.loss`` for training on ``dataset`` (its ignore_index and class count), with
+    ``class_weights: median_frequency`` (or ``alpha: median_frequency`` for focal) counted from its labels."""
+    ignore_index = getattr(dataset, "ignore_index", 255)
+    kwargs = resolve_loss_kwargs(cfg.loss.kwargs, dataset, getattr(dataset, "num_classes", None), ignore_index, progress)
+    return build_loss(cfg.loss.name, cfg.loss.weights, ignore_index=ignore_index, **kwargs)

@@ -1,4 +1,4 @@
-"""Datasets, transforms and readers; importing this registers "camvid", "folder" and "synthetic"."""
+"""Datasets, transforms, batch mixes and readers; importing this registers "camvid", "folder" and "synthetic"."""
 from .datasets import (
     CAMVID_CLASSES,
     CAMVID_PALETTE,
@@ -14,6 +14,7 @@ from .datasets import (
     read_mask,
     voc_palette,
 )
+from .mix import BatchMix, build_batch_mix, copy_paste, cutmix
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticScenes, render_scene, write_synthetic_folder
 from .transforms import MEAN, STD, SegTransform, denormalize, eval_transform, mask_to_tensor, to_tensor, train_transform
 
@@ -22,5 +23,5 @@ __all__ = [
     "build_dataset", "colour_to_index", "default_data_root", "pair_files", "read_image", "read_mask",
     "voc_palette", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "SyntheticScenes", "render_scene",
     "write_synthetic_folder", "MEAN", "STD", "SegTransform", "denormalize", "eval_transform",
-    "mask_to_tensor", "to_tensor", "train_transform",
+    "mask_to_tensor", "to_tensor", "train_transform", "BatchMix", "build_batch_mix", "copy_paste", "cutmix",
 ]

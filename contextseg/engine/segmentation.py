@@ -10,9 +10,11 @@ from torch.utils.data import DataLoader
 from ..config import Config
 from ..data import build_dataset, eval_transform, train_transform
 from ..errors import ContextSegError
-from ..losses import build_loss
+from ..data.mix import build_batch_mix
+from ..losses import build_loss_for
 from ..metrics import format_table
 from ..models import create_model
+from ..models.multiscale import configure_inference, inference_spec
 from .checkpoint import load_checkpoint, load_state_dict_checked
 from .evaluator import evaluate
 from .runtime import seed_everything, select_device
@@ -49,7 +51,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_at
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = build_datasets(cfg)
     model = build_model_for(cfg, train_set.num_classes)
-    loss = build_loss(cfg.loss.name, cfg.loss.weights, ignore_index=train_set.ignore_index, **cfg.loss.kwargs)
+    loss = build_loss_for(cfg, train_set, progress=progress)
+    batch_transform = build_batch_mix(cfg.data, ignore_index=train_set.ignore_index)
     device = select_device(cfg.device)
     evaluate_fn = None
     if val_set is not None:
@@ -60,7 +63,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_at
                             cfg.train.amp, cfg.train.channels_last, progress)
 
     meta = {"classes": list(train_set.classes), "palette": [tuple(c) for c in train_set.palette]}
-    trainer = Trainer(cfg, model, loss, train_set, evaluate_fn, meta=meta, progress=progress)
+    trainer = Trainer(cfg, model, loss, train_set, evaluate_fn, meta=meta, progress=progress,
+                      batch_transform=batch_transform)
     summary = trainer.fit(resume=resume, stop_at=stop_at)
     if summary.get("final", {}).get("per_class_iou"):
         print(format_table(summary["final"]))
@@ -68,8 +72,12 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_at
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str, split: str | None = None, progress: bool = True,
-                        out: str | None = None) -> dict:
-    """Evaluate a checkpoint on cfg's validation split (or `split`); prints the per-class table."""
+                        out: str | None = None, scales=None, merge: str | None = None, flip: bool = False,
+                        window=None, stride=None) -> dict:
+    """Evaluate a checkpoint on cfg's validation split (or `split`); prints the per-class table.
+
+    scales / merge / flip / window / stride are test-time options (``contextseg.models.multiscale.
+    configure_inference``): e.g. scales=[0.5, 1.0, 1.5], merge="avg", flip=True; none given = as trained."""
     if split:
         cfg.data.val_split = split
     _, val_set = build_datasets(cfg, train=False)
@@ -80,6 +88,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, split: str | None = None, 
         raise ContextSegError(f"checkpoint {checkpoint!r} predicts {model.num_classes} classes but dataset "
                               f"{cfg.data.dataset!r} has {val_set.num_classes}; evaluate it on the data it was trained for")
     load_state_dict_checked(model, ckpt["model"], source=f"checkpoint {checkpoint!r}")
+    model = configure_inference(model, scales=scales, merge=merge, flip=flip, window=window, stride=stride)
     device = select_device(cfg.device)
     model.to(device)
     if cfg.train.channels_last:
@@ -90,5 +99,6 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, split: str | None = None, 
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w") as f:
-            json.dump({"checkpoint": str(checkpoint), "split": cfg.data.val_split, **result}, f, indent=2)
+            json.dump({"checkpoint": str(checkpoint), "split": cfg.data.val_split, "inference": inference_spec(model),
+                       **result}, f, indent=2)
     return result

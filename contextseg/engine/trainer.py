@@ -1,7 +1,8 @@
 """Iteration-based trainer: SGD/AdamW, poly schedule with warm-up, autocast, periodic evaluation,
 atomic best/last checkpoints, exact resume of step/epoch/sampler/RNG, JSON-lines metrics and a PNG
 of the curves. Task-agnostic: it needs a model returning a dict, a loss `(outputs, targets) ->
-(total, parts)` and an `evaluate_fn(model) -> dict` whose `key_metric` entry decides "best".
+(total, parts)` and an `evaluate_fn(model) -> dict` whose `key_metric` entry decides "best"; an optional
+`batch_transform(images, targets) -> (images, targets)` (a batch mix) runs on each batch on the device.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
 
 class Trainer:
     def __init__(self, cfg: Config, model, loss_fn, train_set, evaluate_fn=None, meta: dict | None = None,
-                 key_metric: str = "mIoU", progress: bool = True):
+                 key_metric: str = "mIoU", progress: bool = True, batch_transform=None):
         self.cfg = cfg
         self.device = select_device(cfg.device)
         self.model = model.to(self.device)
@@ -44,6 +45,8 @@ class Trainer:
         self.meta = meta or {}
         self.key_metric = key_metric
         self.progress = progress
+        # (images, labels) -> (images, labels) on the device, e.g. a batch mix (contextseg.data.mix.BatchMix)
+        self.batch_transform = batch_transform
         self.out_dir = Path(cfg.output_dir)
         self.optimizer = build_optimizer(self.model, cfg.train)
         t = cfg.train
@@ -147,6 +150,8 @@ class Trainer:
             for images, labels in self.loader:
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
+                if self.batch_transform is not None:
+                    images, labels = self.batch_transform(images, labels)
                 if t.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with autocast(self.device, t.amp):

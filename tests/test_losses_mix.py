@@ -1,0 +1,390 @@
+"""Losses (CE class weights, OHEM, focal, output weighting) and batch mixes (CutMix, Copy-Paste)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from contextseg.config import load_config
+from contextseg.data.mix import BatchMix, build_batch_mix, copy_paste, cutmix, cutmix_box
+from contextseg.errors import ContextSegError
+from contextseg.losses import (CrossEntropy, FocalLoss, OhemCrossEntropy, OutputsLoss, build_loss, build_loss_for,
+                               median_frequency_weights, resize_to)
+
+
+def logits_for(probs):
+    """(N,) probabilities of class 0 -> (1, 2, 1, N) logits whose softmax gives exactly them for class 0."""
+    p = torch.tensor(probs, dtype=torch.float64)
+    return torch.stack([torch.log(p / (1 - p)), torch.zeros_like(p)])[None, :, None, :].float()
+
+
+# ----------------------------------------------------------------------------- focal
+
+
+def test_focal_gamma0_equals_ce():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 6, 7)
+    labels = torch.randint(0, 5, (2, 12, 14))
+    labels[0, :3] = 255
+    ce = CrossEntropy()(logits, labels)
+    fl = FocalLoss(gamma=0.0)(logits, labels)
+    assert torch.allclose(fl, ce, rtol=1e-6, atol=0)
+    w = [0.5, 1.0, 2.0, 1.5, 0.1]  # with weights, focal is the plain mean of alpha_t * CE_i
+    up = resize_to(logits, (12, 14))
+    ref = F.cross_entropy(up, labels, weight=torch.tensor(w), ignore_index=255, reduction="none")[labels != 255].mean()
+    assert torch.allclose(FocalLoss(gamma=0.0, alpha=w)(logits, labels), ref, rtol=1e-6)
+
+
+def test_focal_downweights_easy_pixels_by_hand():
+    logits, labels = logits_for([0.9, 0.5]), torch.zeros(1, 1, 2, dtype=torch.long)
+    ce = CrossEntropy()(logits, labels).item()
+    fl = FocalLoss(gamma=2.0)(logits, labels).item()
+    assert ce == pytest.approx((-math.log(0.9) - math.log(0.5)) / 2, rel=1e-6)
+    # (1 - 0.9)^2 = 0.01 for the easy pixel, (1 - 0.5)^2 = 0.25 for the hard one
+    assert fl == pytest.approx((0.01 * -math.log(0.9) + 0.25 * -math.log(0.5)) / 2, rel=1e-5)
+    assert fl == pytest.approx(0.0871702, rel=1e-5)
+    # a single alpha: 1 - alpha for class 0, alpha for the other classes
+    labels2 = torch.tensor([[[0, 1]]])
+    logits2 = torch.tensor([[[[math.log(9.0), 0.0]], [[0.0, 0.0]]]])  # p_t = 0.9 (class 0), 0.5 (class 1)
+    fa = FocalLoss(gamma=2.0, alpha=0.25)(logits2, labels2).item()
+    assert fa == pytest.approx((0.75 * 0.01 * -math.log(0.9) + 0.25 * 0.25 * -math.log(0.5)) / 2, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- OHEM
+
+
+def official_ohem(logits, labels, thresh, min_kept, ignore=255):
+    """HRNet-OCR lib/core/criterion.py OhemCrossEntropy, restated for the comparison."""
+    pred = F.softmax(logits, dim=1)
+    pixel = F.cross_entropy(logits, labels, ignore_index=ignore, reduction="none").view(-1)
+    mask = labels.view(-1) != ignore
+    tmp = labels.clone()
+    tmp[tmp == ignore] = 0
+    pred = pred.gather(1, tmp.unsqueeze(1)).view(-1)[mask]
+    pred, ind = pred.sort()
+    threshold = max(pred[min(min_kept, pred.numel() - 1)].item(), thresh)
+    return pixel[mask][ind][pred < threshold].mean()
+
+
+def test_ohem_threshold_binding():
+    probs = [0.1, 0.3, 0.6, 0.9, 0.05]
+    logits, labels = logits_for(probs), torch.zeros(1, 1, 5, dtype=torch.long)
+    labels[0, 0, 4] = 255  # the hardest pixel is ignored: never kept
+    ohem = OhemCrossEntropy(thresh=0.7, min_kept=1)
+    assert ohem.kept_mask(logits, labels).view(-1).tolist() == [True, True, True, False, False]
+    expected = -(math.log(0.1) + math.log(0.3) + math.log(0.6)) / 3
+    assert ohem(logits, labels).item() == pytest.approx(expected, rel=1e-5)
+    assert ohem(logits, labels).item() == pytest.approx(official_ohem(logits, labels, 0.7, 1).item(), rel=1e-6)
+
+
+def test_ohem_min_kept_binding():
+    probs = [0.1, 0.3, 0.6, 0.9, 0.95]
+    logits, labels = logits_for(probs), torch.zeros(1, 1, 5, dtype=torch.long)
+    ohem = OhemCrossEntropy(thresh=0.2, min_kept=3)  # only 0.1 is below 0.2: raised to the 3 hardest
+    assert ohem.kept_mask(logits, labels).view(-1).tolist() == [True, True, True, False, False]
+    expected = -(math.log(0.1) + math.log(0.3) + math.log(0.6)) / 3
+    assert ohem(logits, labels).item() == pytest.approx(expected, rel=1e-5)
+    assert ohem(logits, labels).item() == pytest.approx(official_ohem(logits, labels, 0.2, 3).item(), rel=1e-6)
+
+
+def test_ohem_matches_official_rule_on_random_batches():
+    g = torch.Generator().manual_seed(3)
+    # min_kept < valid pixels (448): the same set; at min_kept >= 448 the official rule drops the most
+    # confident pixel, which ours keeps (see the OhemCrossEntropy docstring)
+    for thresh, min_kept in [(0.7, 50), (0.7, 400), (0.3, 10), (0.2, 300), (0.9, 447)]:
+        logits = torch.randn(2, 4, 8, 8, generator=g) * 2
+        labels = torch.randint(0, 4, (2, 16, 16), generator=g)
+        labels[1, :4] = 255
+        ours = OhemCrossEntropy(thresh=thresh, min_kept=min_kept)(logits, labels)
+        ref = official_ohem(resize_to(logits, (16, 16)), labels, thresh, min_kept)
+        assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_ohem_keeps_all_equals_ce_and_has_gradient():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    labels[0, 0] = 255
+    ohem = OhemCrossEntropy(thresh=1.0, min_kept=1)(logits, labels)
+    assert torch.allclose(ohem, CrossEntropy()(logits, labels), rtol=1e-6)
+    ohem.backward()
+    assert logits.grad.abs().sum() > 0
+    # min_kept >= the number of valid pixels keeps them all, whatever thresh
+    assert torch.allclose(OhemCrossEntropy(thresh=0.01, min_kept=10**6)(logits, labels), CrossEntropy()(logits, labels))
+
+
+@pytest.mark.parametrize("loss", [CrossEntropy(), OhemCrossEntropy(min_kept=5), FocalLoss(gamma=2.0),
+                                  FocalLoss(gamma=1.0, alpha=[1.0, 2.0, 0.5]), CrossEntropy(class_weights=[1, 2, 3])])
+def test_losses_resize_and_ignore(loss):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, 6, generator=g, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 10, 12), generator=g)
+    labels[:, :, :4] = 255
+    value = loss(logits, labels)
+    up = F.interpolate(logits, size=(10, 12), mode="bilinear", align_corners=False)
+    assert value.item() == pytest.approx(loss(up, labels).item(), rel=1e-6)
+    # ignored pixels change nothing whatever their logits
+    other = up.detach().clone()
+    other[:, :, :, :4] = torch.randn(2, 3, 10, 4, generator=g) * 10
+    assert loss(other, labels).item() == pytest.approx(loss(up.detach(), labels).item(), rel=1e-6)
+    value.backward()
+    assert torch.isfinite(logits.grad).all()
+    all_ignored = loss(logits, torch.full((2, 10, 12), 255))
+    assert all_ignored.item() == 0.0 and all_ignored.requires_grad
+
+
+# ----------------------------------------------------------------------------- class weights
+
+
+LABELS = [np.array([[0, 0], [0, 1]], dtype=np.uint8), np.array([[1, 1], [255, 2]], dtype=np.uint8)]
+# counts 3, 3, 1; labelled pixels of images holding the class: 4, 4 + 3, 3
+# freq = 3/4, 3/7, 1/3; median 3/7 -> w = 4/7, 1, 9/7
+EXPECTED = [4 / 7, 1.0, 9 / 7]
+
+
+class RawOnly:
+    num_classes, ignore_index = 3, 255
+
+    def __len__(self):
+        return len(LABELS)
+
+    def raw(self, i):
+        return np.zeros((2, 2, 3), np.uint8), LABELS[i]
+
+    def __getitem__(self, i):
+        raise AssertionError("median frequency must read raw labels, not transformed samples")
+
+
+def test_median_frequency_by_hand():
+    assert median_frequency_weights(LABELS, 3) == pytest.approx(EXPECTED)
+    assert median_frequency_weights(torch.from_numpy(np.stack(LABELS)).long(), 3) == pytest.approx(EXPECTED)
+    assert median_frequency_weights(RawOnly(), 3) == pytest.approx(EXPECTED)
+    pairs = [(torch.zeros(3, 2, 2), torch.from_numpy(a).long()) for a in LABELS]  # a dataset without raw()
+    assert median_frequency_weights(pairs, 3) == pytest.approx(EXPECTED)
+    # a class absent from every image gets weight 1; a bad label value is named
+    assert median_frequency_weights(LABELS, 4)[3] == 1.0
+    with pytest.raises(ContextSegError, match="outside"):
+        median_frequency_weights([np.array([[7]])], 3)
+
+
+def test_build_loss_for_median_frequency_and_lists():
+    cfg = load_config(None, ["loss.kwargs={class_weights: median_frequency}"])
+    loss = build_loss_for(cfg, RawOnly(), progress=False)
+    assert loss.criterion.class_weights.tolist() == pytest.approx(EXPECTED)
+    cfg = load_config(None, ["loss.name=ohem", "loss.kwargs={class_weights: [1, 2, 3], min_kept: 10}"])
+    assert build_loss_for(cfg, RawOnly(), progress=False).criterion.class_weights.tolist() == [1, 2, 3]
+    cfg = load_config(None, ["loss.name=focal", "loss.kwargs={alpha: median_frequency, gamma: 1.0}"])
+    assert build_loss_for(cfg, RawOnly(), progress=False).criterion.alpha.tolist() == pytest.approx(EXPECTED)
+    with pytest.raises(ContextSegError, match="one weight per class"):
+        build_loss_for(load_config(None, ["loss.kwargs={class_weights: [1, 2]}"]), RawOnly(), progress=False)
+    with pytest.raises(ContextSegError, match="thresh"):
+        build_loss("ce", thresh=0.7)  # a typo'd or misplaced argument names the loss's arguments
+    with pytest.raises(ContextSegError, match="build_loss_for"):
+        build_loss("ce", class_weights="median_frequency")
+    default = build_loss_for(load_config(None, []), RawOnly(), progress=False)  # unchanged default: plain CE
+    assert isinstance(default.criterion, CrossEntropy) and default.criterion.class_weights is None
+
+
+def test_outputs_loss_patterns():
+    crit = OutputsLoss(CrossEntropy(), {"out": 1.0, "aux": 0.4, "out_s*": 0.25})
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (1, 8, 8), generator=g)
+    outs = {k: torch.randn(1, 3, 4, 4, generator=g) for k in ("out", "aux", "out_s0.5", "out_s2.0")}
+    outs["attention"] = torch.rand(1, 1, 4, 4, generator=g)  # matched by no key: not in the loss
+    total, parts = crit(outs, labels)
+    assert set(parts) == {"out", "aux", "out_s0.5", "out_s2.0"}
+    expected = parts["out"] + 0.4 * parts["aux"] + 0.25 * (parts["out_s0.5"] + parts["out_s2.0"])
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    exact_wins = OutputsLoss(CrossEntropy(), {"out*": 0.5, "out": 1.0})
+    assert exact_wins.weight_of("out") == 1.0 and exact_wins.weight_of("out_s0.5") == 0.5
+
+
+# ----------------------------------------------------------------------------- batch mixes
+
+
+def blob_labels(g, b=4, h=24, w=20, k=5):
+    """Piecewise-constant labels with a few ignore blocks: several connected components per class."""
+    coarse = torch.randint(0, k + 1, (b, 1, h // 4, w // 4), generator=g).float()
+    labels = F.interpolate(coarse, size=(h, w), mode="nearest")[:, 0].long()
+    labels[labels == k] = 255
+    return labels
+
+
+def as_image(labels, c=3):
+    return labels[:, None].float().expand(-1, c, -1, -1).contiguous()
+
+
+def assert_consistent(images, labels):
+    assert torch.equal(images, as_image(labels, images.shape[1])), "image and label disagree after mixing"
+
+
+def test_cutmix_keeps_image_and_label_consistent():
+    g = torch.Generator().manual_seed(0)
+    changed = 0
+    for trial in range(200):
+        labels = blob_labels(g)
+        images = as_image(labels)
+        alpha = [0.2, 1.0, 4.0][trial % 3]
+        out_i, out_l = cutmix(images, labels, alpha=alpha, generator=g)
+        assert_consistent(out_i, out_l)
+        assert out_l.dtype == torch.int64 and out_i.shape == images.shape
+        assert torch.equal(images, as_image(labels))  # inputs untouched
+        changed += int(not torch.equal(out_l, labels))
+    assert changed > 100
+
+
+def test_cutmix_box_area_follows_beta():
+    rng = np.random.default_rng(0)
+    areas = np.array([np.prod(cutmix_box(100, 120, 1.0, rng)[2:]) / (100 * 120) for _ in range(4000)])
+    assert abs(areas.mean() - 0.5) < 0.02  # Beta(1, 1): uniform area fraction
+    assert abs(np.mean(areas < 0.25) - 0.25) < 0.03
+    small = np.array([np.prod(cutmix_box(100, 120, 0.2, rng)[2:]) / 12000 for _ in range(4000)])
+    assert abs(small.mean() - 0.5) < 0.03 and np.mean((small < 0.1) | (small > 0.9)) > 0.5  # U-shaped
+    for _ in range(200):
+        top, left, h, w = cutmix_box(7, 9, 1.0, rng)
+        assert 0 <= top and top + h <= 7 and 0 <= left and left + w <= 9
+
+
+def test_copy_paste_consistent_over_many_trials():
+    g = torch.Generator().manual_seed(1)
+    changed = 0
+    for trial in range(150):
+        labels = blob_labels(g)
+        images = as_image(labels)
+        out_i, out_l = copy_paste(images, labels, scale_range=(0.5, 2.0), flip=0.5, image_mode="nearest", generator=g)
+        assert_consistent(out_i, out_l)
+        assert torch.equal(images, as_image(labels))
+        # ignore pixels are never pasted: no pixel becomes 255
+        assert not ((out_l == 255) & (labels != 255)).any()
+        changed += int(not torch.equal(out_l, labels))
+    assert changed > 75
+
+
+def test_copy_paste_bilinear_labels_follow_mask():
+    g = torch.Generator().manual_seed(2)
+    for _ in range(20):
+        labels = blob_labels(g)
+        out_i, out_l = copy_paste(as_image(labels), labels, classes=[2], generator=g)  # bilinear image resize
+        new = out_l != labels
+        assert (out_l[new] == 2).all()
+        touched = (out_i != as_image(labels)).any(1)  # bilinear: pasted pixels may blend, but only pasted ones
+        assert (out_l[touched] == 2).all()
+
+
+def test_copy_paste_only_adds_chosen_class():
+    g = torch.Generator().manual_seed(3)
+    added = 0
+    for _ in range(100):
+        labels = blob_labels(g)
+        out_i, out_l = copy_paste(as_image(labels), labels, classes=[3], image_mode="nearest", generator=g)
+        assert_consistent(out_i, out_l)
+        new = out_l != labels
+        assert (out_l[new] == 3).all()
+        added += int(new.sum())
+    assert added > 0
+
+
+def swap_generator():
+    """A generator whose first randperm(2) swaps the two samples (the same seed replays it)."""
+    for seed in range(100):
+        if torch.randperm(2, generator=torch.Generator().manual_seed(seed)).tolist() == [1, 0]:
+            return seed
+    raise AssertionError
+
+
+def test_copy_paste_occludes_and_flips_exactly():
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[0, 2:4] = 255  # ignored pixels of the target are occluded too
+    labels[1] = 255
+    labels[1, 1:3, 0:2] = 2  # one object on an ignored background
+    seed = swap_generator()
+    for flip, cols in ((0.0, slice(0, 2)), (1.0, slice(6, 8))):
+        out_i, out_l = copy_paste(as_image(labels), labels, scale_range=(1.0, 1.0), flip=flip, object_prob=1.0,
+                                  generator=torch.Generator().manual_seed(seed))
+        expect0 = labels[0].clone()
+        expect0[1:3, cols] = 2
+        assert torch.equal(out_l[0], expect0)
+        expect1 = torch.zeros(8, 8, dtype=torch.long)  # sample 0's two class-0 regions cover sample 1 ...
+        expect1[2:4] = labels[1, 2:4]  # ... except where sample 0 is ignored: those pixels are not pasted
+        assert torch.equal(out_l[1], expect1)
+        assert_consistent(out_i, out_l)
+
+
+def test_copy_paste_scales_objects():
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[1] = 255
+    labels[1, 2:6, 2:6] = 4
+    seed = swap_generator()
+    _, out_l = copy_paste(as_image(labels), labels, classes=[4], scale_range=(0.5, 0.5), flip=0.0,
+                          image_mode="nearest", generator=torch.Generator().manual_seed(seed))
+    assert int((out_l[0] == 4).sum()) == 4  # a 4x4 object at half scale is 2x2
+
+
+def test_mixes_are_deterministic_with_a_seeded_generator():
+    labels = blob_labels(torch.Generator().manual_seed(4))
+    images = as_image(labels) + torch.rand(labels.shape[0], 3, *labels.shape[1:], generator=torch.Generator().manual_seed(5))
+    for fn in (cutmix, copy_paste):
+        a = fn(images, labels, generator=torch.Generator().manual_seed(7))
+        b = fn(images, labels, generator=torch.Generator().manual_seed(7))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        others = [fn(images, labels, generator=torch.Generator().manual_seed(s)) for s in range(8, 12)]
+        assert any(not torch.equal(a[1], o[1]) for o in others)
+    torch.manual_seed(9)
+    a = cutmix(images, labels)
+    torch.manual_seed(9)
+    b = cutmix(images, labels)  # no generator: torch's global RNG, which checkpoints restore
+    assert torch.equal(a[0], b[0])
+
+
+def test_batch_mix_probability_and_config():
+    labels = blob_labels(torch.Generator().manual_seed(6))
+    images = as_image(labels)
+    g = torch.Generator().manual_seed(0)
+    never = BatchMix("cutmix", p=0.0, generator=g)
+    assert never(images, labels)[0] is images
+    half = BatchMix("copy_paste", p=0.5, generator=g, image_mode="nearest")
+    applied = 0
+    for _ in range(60):
+        out_i, out_l = half(images, labels)
+        assert_consistent(out_i, out_l)
+        applied += int(out_i is not images)
+    assert 15 <= applied <= 45
+    with pytest.raises(ContextSegError, match="alpha"):
+        BatchMix("cutmix", alpha_=1.0)
+    with pytest.raises(ContextSegError, match="unknown batch mix"):
+        BatchMix("mixup")
+    assert build_batch_mix(load_config(None, []).data) is None  # default: no mix
+    cfg = load_config(None, ["data.mix=copy_paste", "data.mix_prob=1.0", "data.mix_kwargs={classes: [1]}"])
+    mix = build_batch_mix(cfg.data, ignore_index=255)
+    assert mix.mix == "copy_paste" and mix.kwargs["classes"] == [1] and mix.p == 1.0
+    with pytest.raises(ContextSegError, match="data.mix"):
+        load_config(None, ["data.mix=mixup"])
+
+
+def test_trainer_applies_batch_transform(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from contextseg.engine.trainer import Trainer
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return {"out": self.conv(x)}
+
+    labels = torch.randint(0, 3, (4, 8, 8))
+    data = TensorDataset(as_image(labels), labels)
+    cfg = load_config(None, ["train.iters=2", "data.batch_size=2", "data.num_workers=0", "device=cpu",
+                             f"output_dir={tmp_path}", "train.log_interval=1"])
+    seen = []
+
+    def transform(images, labels):
+        assert_consistent(images, labels)
+        seen.append(images.shape)
+        return cutmix(images, labels)
+
+    Trainer(cfg, Tiny(), build_loss("ce", {"out": 1.0}), data, progress=False, batch_transform=transform).fit()
+    assert len(seen) == 2
