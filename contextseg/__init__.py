@@ -1,8 +1,8 @@
 """contextseg: dense prediction with context and attention (HRNet + OCR and friends)."""
 from .errors import ContextSegError
-from .models import create_model, list_backbones, list_models
+from .models import MultiScale, create_model, list_backbones, list_models
 from .engine.checkpoint import load_model
 from .engine.predictor import Predictor
 
 __version__ = "0.1.0"
-__all__ = ["ContextSegError", "create_model", "list_models", "list_backbones", "load_model", "Predictor"]
+__all__ = ["ContextSegError", "create_model", "list_models", "list_backbones", "load_model", "Predictor", "MultiScale"]

@@ -7,6 +7,25 @@ import sys
 from .errors import ContextSegError
 
 
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    """Test-time multi-scale / flip / sliding-window flags shared by eval and predict (none = as trained)."""
+    g = p.add_argument_group("multi-scale and sliding-window inference")
+    g.add_argument("--scales", type=float, nargs="+", metavar="S",
+                   help="image pyramid scales, e.g. --scales 0.5 1.0 1.5 2.0 (default: as trained, usually 1.0)")
+    g.add_argument("--merge", choices=["avg", "max", "attention", "hierarchical"],
+                   help="how scales are merged (default avg; attention/hierarchical need a checkpoint trained with "
+                        "model.kwargs.multiscale)")
+    g.add_argument("--flip", action="store_true", help="also average the horizontally flipped image's logits")
+    g.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
+                   help="sliding-window inference with H x W windows (e.g. the training crop)")
+    g.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"),
+                   help="sliding-window step (default: the window, no overlap; e.g. 2/3 of it)")
+
+
+def _inference_kwargs(args) -> dict:
+    return dict(scales=args.scales, merge=args.merge, flip=args.flip, window=args.window, stride=args.stride)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="contextseg", description="Dense prediction with context and attention.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -24,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", help="dataset split to evaluate (default: data.val_split)")
     e.add_argument("--out", metavar="JSON", help="also write the metrics as JSON")
     e.add_argument("--no-progress", action="store_true")
+    _add_inference_options(e)
 
     r = sub.add_parser("predict", help="predict label maps and overlays for images")
     r.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
@@ -33,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     r.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--save-attention", action="store_true",
+                   help="also write each scale's attention weights as STEM_attn_sSCALE.png (attention merges)")
+    _add_inference_options(r)
 
     sub.add_parser("models", help="list model architectures and backbones")
     return p
@@ -60,9 +83,11 @@ def _run(args) -> int:
     if args.command == "predict":
         from .engine.predictor import Predictor
 
-        pred = Predictor(args.checkpoint, device=args.device, amp=args.amp)
-        written = pred.predict_files(args.inputs, args.out, alpha=args.alpha, progress=not args.no_progress)
-        print(f"wrote {len(written)} label maps (+ _color.png, _overlay.jpg) to {args.out}")
+        pred = Predictor(args.checkpoint, device=args.device, amp=args.amp, **_inference_kwargs(args))
+        written = pred.predict_files(args.inputs, args.out, alpha=args.alpha, progress=not args.no_progress,
+                                     save_attention=args.save_attention)
+        extra = ", _attn_s*.png" if args.save_attention else ""
+        print(f"wrote {len(written)} label maps (+ _color.png, _overlay.jpg{extra}) to {args.out}")
         return 0
 
     from .config import load_config
@@ -76,7 +101,7 @@ def _run(args) -> int:
         return 0
     if args.command == "eval":
         segmentation.evaluate_checkpoint(cfg, args.checkpoint, split=args.split, progress=not args.no_progress,
-                                         out=args.out)
+                                         out=args.out, **_inference_kwargs(args))
         return 0
     raise AssertionError(args.command)
 

@@ -39,6 +39,20 @@ def overlay(image: np.ndarray, label: np.ndarray, palette, alpha: float = 0.5, i
     return out.clip(0, 255).astype(np.uint8)
 
 
+def heatmap(values: np.ndarray, vmin: float = 0.0, vmax: float = 1.0, cmap: str = "viridis") -> np.ndarray:
+    """(H, W) floats -> (H, W, 3) uint8 colours of a matplotlib colormap, values clipped to [vmin, vmax].
+
+    Used for per-scale attention weights (0 = the scale is ignored at that pixel, 1 = it alone decides).
+    """
+    import matplotlib
+
+    values = np.asarray(values, dtype=np.float64)
+    span = vmax - vmin if vmax > vmin else 1.0
+    norm = np.clip((values - vmin) / span, 0.0, 1.0)
+    rgba = matplotlib.colormaps[cmap](norm)
+    return (rgba[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

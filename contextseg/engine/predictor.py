@@ -10,7 +10,8 @@ from PIL import Image
 
 from ..data import eval_transform, read_image
 from ..errors import ContextSegError
-from ..visualize import colorize, default_palette, overlay
+from ..models.multiscale import LEARNED_MERGES, MultiScale, configure_inference
+from ..visualize import colorize, default_palette, heatmap, overlay
 from .checkpoint import load_model
 from .runtime import autocast, select_device
 
@@ -40,12 +41,18 @@ class Predictor:
         pred = Predictor("runs/camvid/best.pt")
         label = pred.predict(image)            # (H, W) int64 from an (H, W, 3) uint8 RGB array
         probs = pred.predict_proba(image)      # (K, H, W) float32 softmax
+
+    Test-time options (``contextseg.models.multiscale.configure_inference``): ``scales=[0.5, 1.0, 1.5]``,
+    ``merge="avg"|"max"|"attention"|"hierarchical"``, ``flip=True``, ``window=(h, w)``, ``stride=(h, w)``; none given
+    = the model as trained (single scale for a plain checkpoint).
     """
 
-    def __init__(self, model, device: str = "auto", amp: str = "none", classes=None, palette=None):
+    def __init__(self, model, device: str = "auto", amp: str = "none", classes=None, palette=None, scales=None,
+                 merge: str | None = None, flip: bool = False, window=None, stride=None):
         self.device = select_device(device)
         if isinstance(model, (str, Path)):
             model = load_model(model, device=self.device)
+        model = configure_inference(model, scales=scales, merge=merge, flip=flip, window=window, stride=stride)
         self.model = model.to(self.device).eval()
         self.amp = amp
         self.num_classes = model.num_classes
@@ -53,23 +60,43 @@ class Predictor:
         self.palette = [tuple(c) for c in (palette or getattr(model, "palette", None) or default_palette(self.num_classes))]
         self.transform = eval_transform()
 
+    @property
+    def scales(self) -> list[float] | None:
+        """The pyramid's scales (ascending) when the model merges several, else None."""
+        return list(self.model.scales) if isinstance(self.model, MultiScale) else None
+
     @torch.no_grad()
-    def predict_proba(self, image: np.ndarray) -> torch.Tensor:
+    def predict_outputs(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        """{"probs": (K, H, W) softmax, ["scale_weights": (S, H, W)]} at the image's size, on the CPU; the scale
+        weights (attention merges only) are per pixel the weight of each scale in ``self.scales`` (sum 1)."""
         expected = getattr(self.model, "in_channels", 3)
         if image.ndim != 3 or image.shape[2] != expected:
             raise ContextSegError(f"image of shape {image.shape} given; this model takes (H, W, {expected}) arrays")
         x, _ = self.transform(image, None)
         x = x.unsqueeze(0).to(self.device)
         with autocast(self.device, self.amp):
-            logits = self.model(x)["out"]
-        logits = F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False)
-        return logits.softmax(1)[0].cpu()
+            out = self.model(x)
+        size = image.shape[:2]
+        logits = F.interpolate(out["out"].float(), size=size, mode="bilinear", align_corners=False)
+        result = {"probs": logits.softmax(1)[0].cpu()}
+        if "scale_weights" in out:
+            weights = F.interpolate(out["scale_weights"].float(), size=size, mode="bilinear", align_corners=False)
+            result["scale_weights"] = weights[0].cpu()
+        return result
+
+    def predict_proba(self, image: np.ndarray) -> torch.Tensor:
+        return self.predict_outputs(image)["probs"]
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         return self.predict_proba(image).argmax(0).numpy()
 
-    def predict_files(self, inputs, out_dir: str | Path, alpha: float = 0.5, progress: bool = True) -> list[Path]:
-        """For each image write STEM.png (class indices), STEM_color.png and STEM_overlay.jpg into out_dir."""
+    def predict_files(self, inputs, out_dir: str | Path, alpha: float = 0.5, progress: bool = True,
+                      save_attention: bool = False) -> list[Path]:
+        """For each image write STEM.png (class indices), STEM_color.png and STEM_overlay.jpg into out_dir; with
+        ``save_attention``, also STEM_attn_s0.5.png, ... : each scale's weight map as a heatmap (viridis, 0 to 1)."""
+        if save_attention and not (isinstance(self.model, MultiScale) and self.model.merge in LEARNED_MERGES):
+            raise ContextSegError("--save-attention needs a learned merge over scales: a checkpoint trained with "
+                                  "merge attention or hierarchical (optionally with --merge and --scales)")
         from tqdm import tqdm
 
         out_dir = Path(out_dir)
@@ -77,7 +104,11 @@ class Predictor:
         written = []
         for path in tqdm(collect_images(inputs), desc="predict", disable=not progress, dynamic_ncols=True):
             image = read_image(path)
-            label = self.predict(image).astype(np.uint8)
+            outputs = self.predict_outputs(image)
+            label = outputs["probs"].argmax(0).numpy().astype(np.uint8)
+            if save_attention:
+                for scale, weights in zip(self.scales, outputs["scale_weights"].numpy()):
+                    Image.fromarray(heatmap(weights)).save(out_dir / f"{path.stem}_attn_s{scale!r}.png")
             Image.fromarray(label).save(out_dir / f"{path.stem}.png")
             Image.fromarray(colorize(label, self.palette)).save(out_dir / f"{path.stem}_color.png")
             Image.fromarray(overlay(image, label, self.palette, alpha)).save(out_dir / f"{path.stem}_overlay.jpg", quality=92)

@@ -13,9 +13,13 @@ from ..errors import ContextSegError
 from ..registry import BACKBONES, HEADS
 from . import backbones, heads  # noqa: F401  (importing them registers the built-in names)
 from .fuse import fuse_conv_bn
+from .multiscale import MultiScale, sliding_window_inference
 from .segmentor import Segmentor
 
-__all__ = ["create_model", "list_models", "list_backbones", "Segmentor", "fuse_conv_bn"]
+__all__ = [
+    "create_model", "list_models", "list_backbones", "Segmentor", "fuse_conv_bn", "MultiScale",
+    "sliding_window_inference",
+]
 
 
 def _positive_int(name: str, value, hint: str) -> None:
@@ -34,8 +38,9 @@ def create_model(
     backbone: str = "hrnetv2_w18_small_v2",
     num_classes: int = 19,
     in_channels: int = 3,
+    multiscale: dict | None = None,
     **kwargs,
-) -> Segmentor:
+) -> Segmentor | MultiScale:
     """Build ``arch`` (e.g. "fcn", "ocr", "psp") on ``backbone`` (e.g. "hrnetv2_w48", "resnet101").
 
     The model maps a float batch (B, in_channels, H, W) to {"out": (B, num_classes, h, w)}, plus "aux" of the same
@@ -45,6 +50,9 @@ def create_model(
     Extra keyword arguments are routed by name: those that the backbone builder takes (``output_stride``,
     ``deep_stem`` for "resnet50"/"resnet101") go to the backbone, all others to the head (``mid_channels``,
     ``in_index``, ``rates``, ...). E.g. ``create_model("psp", backbone="resnet50", num_classes=19, output_stride=8)``.
+
+    ``multiscale=dict(scales=[0.5, 1.0], merge="hierarchical", ...)`` wraps the model in ``MultiScale`` (the keys are
+    its keyword arguments), e.g. to train attention over scales; from a config: ``model.kwargs.multiscale``.
 
     ``model.init_args`` records every argument in this flat form, so ``create_model(**model.init_args)`` rebuilds
     the same model (same parameter names and shapes; weights are initialised afresh).
@@ -74,7 +82,16 @@ def create_model(
     body = build_backbone(in_channels=in_channels, **backbone_kwargs)
     model = Segmentor(body, build_head(body, num_classes, **head_kwargs))
     model.init_args = dict(arch=arch, backbone=backbone, num_classes=num_classes, in_channels=in_channels, **kwargs)
-    return model
+    if multiscale is None:
+        return model
+    if not isinstance(multiscale, dict):
+        raise ContextSegError(f"multiscale must be a mapping of MultiScale options, e.g. "
+                              f"{{scales: [0.5, 1.0], merge: hierarchical}}, got {multiscale!r}")
+    options = _option_names(MultiScale, skip={"model"})
+    unknown = sorted(set(multiscale) - set(options))
+    if unknown:
+        raise ContextSegError(f"unknown multiscale option(s) {unknown}; MultiScale accepts: {', '.join(options)}")
+    return MultiScale(model, **multiscale)
 
 
 def list_models() -> list[str]:

@@ -16,6 +16,14 @@ class Segmentor(nn.Module):
     In eval mode only "out" is returned. Heads that can skip their auxiliary branch check ``self.training``
     themselves; OCR always computes its soft object regions, since "out" needs them.
 
+    ``model(x, return_feat=True)`` adds "feat": the head's penultimate representation, i.e. the input of the
+    head's module named by its ``feat_module`` attribute (the final classifier, e.g. "cls_head" for OCR: the
+    512-channel object-contextual representations; after the head's dropout where one precedes the classifier,
+    so dropped out in training), (B, feat_channels, h, w) at the logits' resolution. It is
+    read with a forward pre-hook for that one call, so heads need no extra output. Attention over scales
+    (``contextseg.MultiScale``) feeds it to its attention net, as Attention to Scale used DeepLab's fc7 and
+    hierarchical multi-scale attention used OCR's mid features.
+
     Attributes:
         num_classes, in_channels: the model's output and input widths.
         init_args: the keyword arguments of ``create_model`` that rebuild this model (set by ``create_model``,
@@ -30,13 +38,35 @@ class Segmentor(nn.Module):
         self.num_classes: int = head.num_classes
         self.init_args: dict = {}
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def _feat_module(self) -> nn.Module:
+        name = getattr(self.head, "feat_module", None)
+        if not name:
+            raise ContextSegError(
+                f"head {type(self.head).__name__} declares no feat_module, so its features cannot be returned; "
+                f"use merge='avg' or 'max' for multi-scale inference with this model"
+            )
+        return self.head.get_submodule(name)
+
+    @property
+    def feat_channels(self) -> int:
+        """Width of the "feat" output (the in_channels of the head's ``feat_module``)."""
+        return int(self._feat_module().in_channels)
+
+    def forward(self, x: Tensor, return_feat: bool = False) -> dict[str, Tensor]:
         if not x.is_floating_point():
             raise ContextSegError(
                 f"the model takes a float image batch, got dtype {x.dtype}; convert with x.float() / 255 "
                 f"(and normalize) before calling it"
             )
-        out = self.head(self.backbone(x))
-        if not self.training:
-            out = {"out": out["out"]}
+        if not return_feat:
+            out = self.head(self.backbone(x))
+            return out if self.training else {"out": out["out"]}
+        seen: list[Tensor] = []
+        hook = self._feat_module().register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        try:
+            out = self.head(self.backbone(x))
+        finally:
+            hook.remove()
+        out = dict(out) if self.training else {"out": out["out"]}
+        out["feat"] = seen[0]
         return out

@@ -3,6 +3,7 @@ from .aspp import ASPPHead
 from .aspp_l import ASPPLHead
 from .common import FeatureAdapter
 from .fcn import HRNetV2Head
+from .fcn8s import FCN8sHead
 from .largefov import LargeFOVHead
 from .nonlocal_head import NonLocalHead
 from .ocr import OCRHead, SpatialGather, SpatialOCR, ObjectAttentionBlock
@@ -10,5 +11,5 @@ from .psp import PSPHead
 
 __all__ = [
     "HRNetV2Head", "OCRHead", "SpatialGather", "SpatialOCR", "ObjectAttentionBlock",
-    "FeatureAdapter", "PSPHead", "ASPPHead", "ASPPLHead", "LargeFOVHead", "NonLocalHead",
+    "FeatureAdapter", "FCN8sHead", "PSPHead", "ASPPHead", "ASPPLHead", "LargeFOVHead", "NonLocalHead",
 ]

@@ -37,6 +37,8 @@ class ASPPHead(nn.Module):
     Training needs a batch of at least 2 (BatchNorm after the global pooling).
     """
 
+    feat_module = "cls_head"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
+
     def __init__(
         self,
         in_channels: Sequence[int],

@@ -26,6 +26,8 @@ class ASPPLHead(nn.Module):
     Parameters: len(rates) * (9*C*K + K). Classifiers start from N(0, 0.01), as DeepLab's.
     """
 
+    feat_module = "branches.0"  # its input, the map all four classifiers share, is "feat" (Segmentor return_feat)
+
     def __init__(
         self,
         in_channels: Sequence[int],

@@ -24,6 +24,8 @@ class HRNetV2Head(nn.Module):
     Layer names follow the official ``last_layer`` (conv with bias, BN, ReLU, classifier with bias).
     """
 
+    feat_module = "last_layer.3"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
+
     def __init__(self, in_channels: Sequence[int], num_classes: int):
         super().__init__()
         self.in_channels = list(in_channels)

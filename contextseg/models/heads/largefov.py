@@ -26,6 +26,8 @@ class LargeFOVHead(nn.Module):
     F = ``channels`` (1024). Parameters: 9*C*F + F + F*F + F + F*K + K.
     """
 
+    feat_module = "cls_head"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
+
     def __init__(
         self,
         in_channels: Sequence[int],

@@ -32,6 +32,8 @@ class NonLocalHead(nn.Module):
     HRNet) for large images; the HRNet default (all four maps at stride 4) is fine for small crops.
     """
 
+    feat_module = "cls_head"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
+
     def __init__(
         self,
         in_channels: Sequence[int],

@@ -120,6 +120,8 @@ class OCRHead(nn.Module):
     Layer names follow the official model (``conv3x3_ocr``, ``ocr_distri_head``, ``cls_head``, ``aux_head``).
     """
 
+    feat_module = "cls_head"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
+
     def __init__(
         self,
         in_channels: Sequence[int],

@@ -30,6 +30,8 @@ class PSPHead(nn.Module):
     Training needs a batch of at least 2 (BatchNorm after the 1x1 pooled bin).
     """
 
+    feat_module = "cls_head"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
+
     def __init__(
         self,
         in_channels: Sequence[int],
