@@ -1,0 +1,58 @@
+"""benchmarks/context_modules.py: the modules' parameter counts at the paper's size (2048 channels) against counts
+written from the layer shapes, GFLOPs against the OCR paper's table, and one tiny measurement of each module."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "context_modules.py"
+_spec = importlib.util.spec_from_file_location("context_modules", SCRIPT)
+cm = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cm)
+
+C, M, K = 2048, 512, 256  # input, reduced width, key width
+
+
+def cbr(k, c_in, c_out, bias=False):  # conv + BN
+    return k * k * c_in * c_out + (c_out if bias else 0) + 2 * c_out
+
+
+NON_LOCAL = 3 * (M * K + K) + K * M + 2 * M
+PAM = 2 * (M * (M // 8) + M // 8) + M * M + M + 1
+OCR_BLOCK = 2 * (cbr(1, M, K) + cbr(1, K, K)) + cbr(1, M, K) + cbr(1, K, M) + cbr(1, 2 * M, M)
+EXPECTED = {
+    "ppm": 4 * cbr(1, C, C // 4) + cbr(3, C + C, M),
+    "aspp": cbr(1, C, 256) + 3 * cbr(3, C, 256) + cbr(1, C, 256) + cbr(1, 5 * 256, 256),
+    "danet": 2 * cbr(3, C, M) + PAM + 1 + 2 * cbr(3, M, M),
+    "self_attention": cbr(3, C, M) + NON_LOCAL + cbr(1, 2 * M, M),
+    "ocr": cbr(3, C, M, bias=True) + OCR_BLOCK,
+    "danet_lite": cbr(3, C, M) + PAM + 1 + cbr(1, 2 * M, M),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_params_and_flops_at_paper_size(name):
+    row = cm.static_row(name, C, (128, 128))
+    assert row["params"] == EXPECTED[name]
+    if name in cm.PAPER:  # the paper counts 2 FLOPs per multiply-add, as FlopCounterMode
+        assert row["gflops"] == pytest.approx(cm.PAPER[name]["gflops"], rel=0.01)
+    if name in ("ppm", "aspp"):
+        assert row["params"] / 1e6 == pytest.approx(cm.PAPER[name]["params_m"], abs=0.05)
+
+
+@pytest.mark.parametrize("name", cm.DEFAULT_MODULES + cm.EXTRA_MODULES)
+def test_tiny_measurement(name):
+    size = (8, 8)
+    module = cm.build(name, 16)
+    out = module(*cm.make_inputs(name, 16, size))
+    assert out.shape == (1, cm.ASPP_WIDTH if name == "aspp" else cm.MID, *size)
+    assert cm.count_flops(name, 16, size, device="meta") == cm.count_flops(name, 16, size, device="cpu")
+    result = cm.measure(name, "time", 16, size, repeats=1)
+    assert result["cpu_ms"] > 0 and len(result["cpu_ms_all"]) == 1
+
+
+def test_memory_measurement_runs():
+    result = cm.measure("ocr", "mem", 16, (8, 8), grad_memory=True)
+    assert result["cpu_act_mb"] >= 0 and result["cpu_act_mb_grad"] >= 0
+    assert torch.is_grad_enabled()
