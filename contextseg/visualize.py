@@ -83,3 +83,87 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- `contextseg doctor` plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss_curve(losses, png_path: str | Path, threshold: float | None = None, title: str = "loss") -> None:
+    """Loss against step (log y), with an optional horizontal threshold line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(range(1, len(losses) + 1), losses, lw=1.2)
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:g}")
+        ax.legend()
+    ax.set(title=title, xlabel="step", ylabel="loss", yscale="log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def plot_lr_finder(lrs, losses, smoothed, png_path: str | Path, suggested: float | None = None,
+                   steepest: float | None = None, configured: float | None = None) -> None:
+    """LR range test: raw and smoothed loss against learning rate (log x), with the suggested lr marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(lrs, losses, lw=0.8, alpha=0.4, label="loss")
+    ax.plot(lrs, smoothed, lw=1.6, label="smoothed")
+    for value, colour, name in ((suggested, "tab:green", "suggested"), (steepest, "tab:orange", "steepest"),
+                                (configured, "tab:red", "configured")):
+        if value:
+            ax.axvline(value, color=colour, ls="--", lw=1, label=f"{name} {value:.2g}")
+    ax.set(title="learning-rate range test", xlabel="learning rate", ylabel="loss", xscale="log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def plot_update_ratios(groups, ratios, png_path: str | Path, low: float = 1e-4, high: float = 1e-2) -> None:
+    """Horizontal bars of update-to-weight ratio per parameter group (log x), healthy band shaded."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 0.28 * len(groups) + 1.2))
+    values = [r if r and r > 0 else float("nan") for r in ratios]
+    colours = ["tab:blue" if low <= v <= high else "tab:red" for v in values]
+    ax.barh(range(len(groups)), values, color=colours)
+    ax.axvspan(low, high, color="tab:green", alpha=0.1)
+    ax.axvline(1e-3, color="tab:green", ls="--", lw=1)
+    ax.set_yticks(range(len(groups)), groups, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(title="update / weight ratio per group", xscale="log")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def plot_class_frequencies(classes, shares: dict, png_path: str | Path, palette=None) -> None:
+    """Pixel share per class (log y), one bar group per split: shares = {split: [share per class]}."""
+    plt = _pyplot()
+    n, k = len(shares), len(classes)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * k * max(n, 1) + 1.5), 3.8))
+    width = 0.8 / max(n, 1)
+    for j, (split, values) in enumerate(shares.items()):
+        xs = [i + (j - (n - 1) / 2) * width for i in range(k)]
+        colour = ([tuple(c / 255 for c in palette[i]) for i in range(k)] if palette is not None else None) if j == 0 else "0.6"
+        ax.bar(xs, [max(v, 1e-7) for v in values], width, label=split, color=colour, edgecolor="black", lw=0.5,
+               alpha=1.0 if j == 0 else 0.5)
+    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
+    ax.set(title="pixel share per class", ylabel="share of labelled pixels", yscale="log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

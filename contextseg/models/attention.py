@@ -10,6 +10,12 @@ from torch import Tensor, nn
 from ..errors import ContextSegError
 
 
+def upcast(x: Tensor) -> Tensor:
+    """float16 / bfloat16 -> float32 (softmax and mixing of logits under autocast); float32 and float64 unchanged,
+    so a float64 pass (``torch.autograd.gradcheck``, ``contextseg doctor``) keeps its precision."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class SEBlock(nn.Module):
     """Squeeze-and-Excitation block (Hu, Shen & Sun 2018, "Squeeze-and-Excitation Networks", Sec. 3, Fig. 1;
     placement in a residual unit: Fig. 3, on the residual branch before the sum with the identity).
@@ -85,6 +91,6 @@ class NonLocal2d(nn.Module):
         sim = torch.matmul(theta, phi)  # (B, HW, HW)
         if self.use_scale:
             sim = sim * self.inter_channels**-0.5
-        sim = F.softmax(sim.float(), dim=-1).to(g.dtype)
+        sim = F.softmax(upcast(sim), dim=-1).to(g.dtype)
         y = torch.matmul(sim, g).transpose(1, 2).reshape(b, self.inter_channels, h, w)  # (B, C', H, W)
         return x + self.conv_out(y)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ContextSegError
+from .attention import upcast
 
 MERGES = ("avg", "max", "attention", "hierarchical")
 LEARNED_MERGES = ("attention", "hierarchical")
@@ -374,20 +375,20 @@ class MultiScale(nn.Module):
             size = tuple(levels[self.scales.index(1.0)]["out"].shape[-2:]) if 1.0 in self.scales else (h, w)
         else:
             size = (h, w)
-        logits = [_resize(level["out"].float(), size) for level in levels]
+        logits = [_resize(upcast(level["out"]), size) for level in levels]
         weights = alphas = None
         if self.merge == "attention":
             scores = self.attention([_resize(level["feat"], size) for level in levels])
-            weights = torch.softmax(scores.float(), dim=1)
+            weights = torch.softmax(upcast(scores), dim=1)
         elif self.merge == "hierarchical":
-            alphas = [_resize(level["alpha"].float(), size) for level in levels[:-1]]
+            alphas = [_resize(upcast(level["alpha"]), size) for level in levels[:-1]]
             weights = hierarchical_weights(alphas) if alphas else logits[0].new_ones(logits[0].shape[0], 1, *size)
         result = {"out": self._merge(logits, weights, alphas)}
         if weights is not None:
             result["scale_weights"] = weights
         if self.training:
             if all("aux" in level for level in levels):
-                result["aux"] = self._merge([_resize(level["aux"].float(), size) for level in levels], weights, alphas)
+                result["aux"] = self._merge([_resize(upcast(level["aux"]), size) for level in levels], weights, alphas)
             for s, p in zip(self.scales, logits):
                 result[scale_key(s)] = p
         return result

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...registry import HEADS
+from ..attention import upcast
 from .common import check_feats, resize_concat
 
 
@@ -48,7 +49,7 @@ class SpatialGather(nn.Module):
 
     def forward(self, feats: Tensor, probs: Tensor) -> Tensor:
         b, k = probs.shape[:2]
-        weights = F.softmax(probs.reshape(b, k, -1).float(), dim=2).to(feats.dtype)  # (B, K, HW), softmax over pixels
+        weights = F.softmax(upcast(probs.reshape(b, k, -1)), dim=2).to(feats.dtype)  # (B, K, HW), softmax over pixels
         pixels = feats.permute(0, 2, 3, 1).flatten(1, 2)  # (B, HW, C): a view when feats is channels_last
         regions = torch.matmul(weights, pixels)  # (B, K, C)
         return regions.permute(0, 2, 1).unsqueeze(3)
@@ -80,7 +81,7 @@ class ObjectAttentionBlock(nn.Module):
         key = self.f_object(proxy).flatten(2)  # (B, Ck, K)
         value = self.f_down(proxy).flatten(2).transpose(1, 2)  # (B, K, Ck)
         sim = torch.matmul(query, key) * self.key_channels**-0.5  # (B, HW, K)
-        sim = F.softmax(sim.float(), dim=-1).to(value.dtype)
+        sim = F.softmax(upcast(sim), dim=-1).to(value.dtype)
         context = torch.matmul(sim, value)  # (B, HW, Ck)
         context = context.reshape(b, h, w, self.key_channels).permute(0, 3, 1, 2)  # NCHW view, channels_last strides
         return self.f_up(context)
