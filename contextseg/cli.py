@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import ContextSegError
@@ -33,13 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config", help="YAML file, e.g. configs/synthetic_ocr.yaml")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.iters=500 model.arch=fcn")
-    t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (OUTPUT_DIR/last.pt)")
+    t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (OUTPUT_DIR/last.pt); the run then "
+                   "ends with the weights and metrics of an uninterrupted one")
+    t.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes (DistributedDataParallel; one per GPU, or gloo on the CPU), as "
+                        "`torchrun --standalone --nproc_per_node=N -m contextseg train ...`; data.batch_size is per process")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation split")
     e.add_argument("config")
     e.add_argument("overrides", nargs="*")
-    e.add_argument("--checkpoint", required=True, metavar="CKPT")
+    e.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
+                   help="a checkpoint, or several: an ensemble that averages their softmax probabilities")
     e.add_argument("--split", help="dataset split to evaluate (default: data.val_split)")
     e.add_argument("--out", metavar="JSON", help="also write the metrics as JSON")
     e.add_argument("--no-progress", action="store_true")
@@ -47,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("predict", help="predict label maps and overlays for images")
     r.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    r.add_argument("--checkpoint", required=True, metavar="CKPT")
+    r.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
+                   help="a checkpoint, or several: an ensemble that averages their softmax probabilities "
+                        "(put the images before --checkpoint)")
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--device", default="auto")
     r.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
@@ -58,6 +66,23 @@ def _parser() -> argparse.ArgumentParser:
     _add_inference_options(r)
 
     sub.add_parser("models", help="list model architectures and backbones")
+
+    d = sub.add_parser("doctor", help="babysitting checks before a long run (init loss, overfit one batch, lr range "
+                                      "test, update ratios, gradchecks, data); exit status 1 on a FAIL")
+    d.add_argument("config")
+    d.add_argument("overrides", nargs="*")
+    d.add_argument("--checks", default="all", metavar="LIST",
+                   help="comma-separated subset of init,overfit,lr,ratios,gradcheck,data (default: all)")
+    d.add_argument("--out", metavar="DIR", help="where doctor.json and the PNGs go (default: OUTPUT_DIR/doctor)")
+    d.add_argument("--steps", nargs="+", metavar="[CHECK=]N",
+                   help="N for the overfit, lr and ratios loops, or per check: init=2 overfit=100 lr=60 ratios=5 "
+                        "(the defaults; init counts batches)")
+    d.add_argument("--batch-size", type=int, metavar="B", help="batch size of init/lr/ratios (default: data.batch_size)")
+    d.add_argument("--data-samples", type=int, metavar="N", help="label maps checked per split, evenly spaced "
+                                                                   "(default: all)")
+    d.add_argument("--lr-range", type=float, nargs=2, default=[1e-6, 1.0], metavar=("MIN", "MAX"),
+                   help="learning rates swept by the lr range test (default: 1e-6 1)")
+    d.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -93,9 +118,21 @@ def _run(args) -> int:
     from .config import load_config
     from .engine import segmentation
 
+    if args.command == "eval":  # `--checkpoint A.pt B.pt key=value`: key=value words after the checkpoints are overrides
+        moved = [c for c in args.checkpoint if "=" in c and not os.path.exists(c)]
+        args.overrides = [*args.overrides, *moved]
+        args.checkpoint = [c for c in args.checkpoint if c not in moved]
     cfg = load_config(args.config, args.overrides)
     if args.command == "train":
+        if args.nproc is not None and args.nproc > 1:
+            from .engine.distributed import launch
+
+            worker_argv = ["train", args.config, *args.overrides, *(["--resume", args.resume] if args.resume else []),
+                           *(["--no-progress"] if args.no_progress else [])]
+            return launch(args.nproc, worker_argv)
         summary = segmentation.train(cfg, resume=args.resume, progress=not args.no_progress)
+        if os.environ.get("RANK", "0") != "0":  # a distributed worker: rank 0 reports
+            return 0
         print(f"done: {summary['step']} steps in {summary['train_seconds']:.0f} s; "
               f"best {100 * summary['best']:.2f} mIoU; checkpoints in {cfg.output_dir}")
         return 0
@@ -103,6 +140,13 @@ def _run(args) -> int:
         segmentation.evaluate_checkpoint(cfg, args.checkpoint, split=args.split, progress=not args.no_progress,
                                          out=args.out, **_inference_kwargs(args))
         return 0
+    if args.command == "doctor":
+        from .engine.diagnostics import parse_checks, parse_steps, run_doctor
+
+        report = run_doctor(cfg, parse_checks(args.checks), args.out, steps=parse_steps(args.steps),
+                            batch_size=args.batch_size, data_samples=args.data_samples, lr_range=args.lr_range,
+                            progress=not args.no_progress)
+        return 1 if report["overall"] == "FAIL" else 0
     raise AssertionError(args.command)
 
 

@@ -37,7 +37,7 @@ class DataConfig:
     scale_range: list = field(default_factory=lambda: [0.5, 2.0])
     hflip: bool = True
     jitter: bool = True
-    batch_size: int = 8
+    batch_size: int = 8  # per process: a run with N processes (torchrun, --nproc N) steps on N x batch_size samples
     eval_batch_size: int = 1
     num_workers: int = 2
     kwargs: dict = field(default_factory=dict)  # extra dataset arguments
@@ -62,7 +62,11 @@ class TrainConfig:
     eval_interval: int = 200
     log_interval: int = 20
     checkpoint_interval: int = 200
-    grad_clip: float | None = None
+    grad_clip: float | None = None  # max global gradient norm (None: no clipping)
+    accumulate: int = 1  # batches per optimizer step (gradient accumulation); global batch = procs x batch x this
+    # DDP only: allow parameters that get no gradient (an output the loss ignores); costs a traversal of the
+    # autograd graph per step, so it is off unless a run stops with the message that asks for it
+    find_unused_parameters: bool = False
 
 
 @dataclass
@@ -195,6 +199,8 @@ def validate(cfg: Config) -> Config:
         raise ContextSegError("data.crop_size is [H, W] and data.scale_range is [min, max]")
     if d.batch_size < 1:
         raise ContextSegError("data.batch_size must be >= 1")
+    if t.accumulate < 1:
+        raise ContextSegError(f"train.accumulate (batches per optimizer step) must be >= 1, got {t.accumulate}")
     if d.mix not in ("none", "cutmix", "copy_paste"):
         raise ContextSegError(f"data.mix must be 'none', 'cutmix' or 'copy_paste', got {d.mix!r}")
     if not 0.0 <= d.mix_prob <= 1.0:

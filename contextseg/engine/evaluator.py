@@ -11,9 +11,12 @@ from .runtime import autocast
 @torch.no_grad()
 def evaluate(model, loader, num_classes: int, class_names=None, ignore_index: int = 255,
              device: torch.device | str = "cpu", amp: str = "none", channels_last: bool = False,
-             progress: bool = True, desc: str = "eval") -> dict:
+             progress: bool = True, desc: str = "eval", distributed: bool = False) -> dict:
     """Run `model(x)["out"]` over `loader` of (image, label) batches and return mIoU, per-class IoU,
-    pixel accuracy and mean accuracy (see contextseg.metrics). Restores the model's train/eval mode."""
+    pixel accuracy and mean accuracy (see contextseg.metrics). Restores the model's train/eval mode.
+
+    distributed: every rank holds a disjoint shard of the set in `loader` (runtime.ShardSampler); the
+    confusion matrices are summed over ranks (all_reduce) and every rank returns the metrics of the whole set."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -26,4 +29,8 @@ def evaluate(model, loader, num_classes: int, class_names=None, ignore_index: in
             logits = model(images)["out"]
         metric.update(logits.float(), labels.to(device))
     model.train(was_training)
+    if distributed:
+        from .distributed import all_reduce_sum
+
+        all_reduce_sum(metric.matrix)
     return metric.compute()

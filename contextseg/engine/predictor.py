@@ -10,6 +10,7 @@ from PIL import Image
 
 from ..data import eval_transform, read_image
 from ..errors import ContextSegError
+from ..models.ensemble import Ensemble
 from ..models.multiscale import LEARNED_MERGES, MultiScale, configure_inference
 from ..visualize import colorize, default_palette, heatmap, overlay
 from .checkpoint import load_model
@@ -36,7 +37,8 @@ def collect_images(inputs) -> list[Path]:
 
 
 class Predictor:
-    """Loads a model (a checkpoint path or an nn.Module) and predicts per-pixel classes.
+    """Loads a model (a checkpoint path or an nn.Module, or a list of them: an ensemble that averages the
+    members' softmax probabilities, see contextseg.models.ensemble) and predicts per-pixel classes.
 
         pred = Predictor("runs/camvid/best.pt")
         label = pred.predict(image)            # (H, W) int64 from an (H, W, 3) uint8 RGB array
@@ -50,9 +52,12 @@ class Predictor:
     def __init__(self, model, device: str = "auto", amp: str = "none", classes=None, palette=None, scales=None,
                  merge: str | None = None, flip: bool = False, window=None, stride=None):
         self.device = select_device(device)
-        if isinstance(model, (str, Path)):
-            model = load_model(model, device=self.device)
-        model = configure_inference(model, scales=scales, merge=merge, flip=flip, window=window, stride=stride)
+        members = list(model) if isinstance(model, (list, tuple)) else [model]
+        names = [str(m) if isinstance(m, (str, Path)) else f"model {i}" for i, m in enumerate(members)]
+        members = [load_model(m, device=self.device) if isinstance(m, (str, Path)) else m for m in members]
+        members = [configure_inference(m, scales=scales, merge=merge, flip=flip, window=window, stride=stride)
+                   for m in members]
+        model = members[0] if len(members) == 1 else Ensemble(members, names=names)
         self.model = model.to(self.device).eval()
         self.amp = amp
         self.num_classes = model.num_classes
@@ -94,6 +99,9 @@ class Predictor:
                       save_attention: bool = False) -> list[Path]:
         """For each image write STEM.png (class indices), STEM_color.png and STEM_overlay.jpg into out_dir; with
         ``save_attention``, also STEM_attn_s0.5.png, ... : each scale's weight map as a heatmap (viridis, 0 to 1)."""
+        if save_attention and isinstance(self.model, Ensemble):
+            raise ContextSegError("--save-attention takes one checkpoint; an ensemble has one attention map per "
+                                  "member: predict with each checkpoint alone to see them")
         if save_attention and not (isinstance(self.model, MultiScale) and self.model.merge in LEARNED_MERGES):
             raise ContextSegError("--save-attention needs a learned merge over scales: a checkpoint trained with "
                                   "merge attention or hierarchical (optionally with --merge and --scales)")

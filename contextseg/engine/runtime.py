@@ -41,14 +41,26 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 class ResumableSampler(Sampler):
     """Shuffles with a generator seeded by (seed, epoch) and can start mid-epoch, so a resumed run
-    sees exactly the samples an uninterrupted run would have seen."""
+    sees exactly the samples an uninterrupted run would have seen.
 
-    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True):
+    Distributed (``num_replicas`` > 1): every rank draws the same permutation, cut to a multiple of
+    ``num_replicas``, and takes every ``num_replicas``-th index from ``rank`` on (as DistributedSampler, without
+    padding). With a per-rank batch B, batch k of all ranks together is then exactly batch k of one process with
+    batch ``num_replicas * B``. ``start`` is a position in this rank's shard."""
+
+    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, rank: int = 0, num_replicas: int = 1):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside [0, {num_replicas})")
         self.num_samples = num_samples
         self.seed = seed
         self.shuffle = shuffle
+        self.rank, self.num_replicas = rank, num_replicas
         self.epoch = 0
         self.start = 0
+
+    @property
+    def shard_size(self) -> int:
+        return self.num_samples // self.num_replicas
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -59,10 +71,70 @@ class ResumableSampler(Sampler):
             order = torch.randperm(self.num_samples, generator=g).tolist()
         else:
             order = list(range(self.num_samples))
+        order = order[self.rank:self.shard_size * self.num_replicas:self.num_replicas]
         return iter(order[self.start:])
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return max(0, self.shard_size - self.start)
+
+
+class ShardSampler(Sampler):
+    """Evaluation shard of a distributed run: indices rank, rank + W, ... (no padding, no duplicates), so the
+    confusion matrices of all ranks sum to the matrix of the whole set."""
+
+    def __init__(self, num_samples: int, rank: int = 0, num_replicas: int = 1):
+        self.indices = list(range(rank, num_samples, num_replicas))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one training sample: a function of (seed, epoch, index) only."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] % (2**63 - 1))
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Wraps a training set so that sample ``i`` of epoch ``e`` is drawn with torch, numpy and python RNGs
+    seeded by ``sample_seed(seed, e, i)`` (the global states are restored afterwards).
+
+    Its augmentation then depends on (seed, epoch, index) alone: not on the DataLoader worker that loads it,
+    the position in the epoch, the number of workers or of processes. This is what makes a mid-epoch resume
+    (workers restarted at another position) and a distributed run draw the same crops and flips as one
+    uninterrupted process. ``set_epoch`` is called before each epoch's loader iterator is created (workers are
+    not persistent, so they see the new epoch)."""
+
+    def __init__(self, dataset, seed: int = 0):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        seed = sample_seed(self.seed, self.epoch, int(index))
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+    def __getattr__(self, name):  # num_classes, classes, ignore_index, ... of the wrapped set
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def worker_init(worker_id: int) -> None:

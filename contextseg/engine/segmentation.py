@@ -14,10 +14,12 @@ from ..data.mix import build_batch_mix
 from ..losses import build_loss_for
 from ..metrics import format_table
 from ..models import create_model
+from ..models.ensemble import Ensemble
 from ..models.multiscale import configure_inference, inference_spec
+from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, load_state_dict_checked
 from .evaluator import evaluate
-from .runtime import seed_everything, select_device
+from .runtime import ShardSampler, seed_everything, select_device
 from .trainer import Trainer
 
 
@@ -41,46 +43,58 @@ def build_model_for(cfg: Config, num_classes: int):
     return create_model(m.arch, backbone=m.backbone, num_classes=num_classes, in_channels=m.in_channels, **m.kwargs)
 
 
-def eval_loader(dataset, cfg: Config) -> DataLoader:
-    return DataLoader(dataset, batch_size=cfg.data.eval_batch_size, shuffle=False,
+def eval_loader(dataset, cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Whole images in order; in a distributed run each rank loads its shard (indices rank, rank + N, ...)."""
+    sampler = ShardSampler(len(dataset), rank, world_size) if world_size > 1 else None
+    return DataLoader(dataset, batch_size=cfg.data.eval_batch_size, shuffle=False, sampler=sampler,
                       num_workers=min(cfg.data.num_workers, 2))
 
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_at: int | None = None) -> dict:
-    """Train a segmentation model as `cfg` says; returns the summary written to OUTPUT_DIR/summary.json."""
+    """Train a segmentation model as `cfg` says; returns the summary written to OUTPUT_DIR/summary.json.
+
+    Launched by torchrun (WORLD_SIZE > 1 in the environment) this runs in every process: it joins the process
+    group (NCCL on CUDA, gloo on the CPU), trains with DistributedDataParallel on data.batch_size samples per
+    process, evaluates each rank's shard of the validation set and sums the confusion matrices; rank 0 writes
+    the files. The group is destroyed at the end."""
+    owns_group = dist_utils.init_distributed(cfg.device)
+    ok = False
+    try:
+        summary = _train(cfg, resume, progress, stop_at)
+        ok = True
+        return summary
+    finally:
+        if owns_group:
+            dist_utils.cleanup(ok)
+
+
+def _train(cfg: Config, resume, progress: bool, stop_at) -> dict:
+    rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+    progress = progress and rank == 0
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = build_datasets(cfg)
     model = build_model_for(cfg, train_set.num_classes)
     loss = build_loss_for(cfg, train_set, progress=progress)
     batch_transform = build_batch_mix(cfg.data, ignore_index=train_set.ignore_index)
-    device = select_device(cfg.device)
+    device = dist_utils.device_for(cfg.device)
     evaluate_fn = None
     if val_set is not None:
-        loader = eval_loader(val_set, cfg)
+        loader = eval_loader(val_set, cfg, rank, world)
 
         def evaluate_fn(model):
             return evaluate(model, loader, val_set.num_classes, val_set.classes, val_set.ignore_index, device,
-                            cfg.train.amp, cfg.train.channels_last, progress)
+                            cfg.train.amp, cfg.train.channels_last, progress, distributed=world > 1)
 
     meta = {"classes": list(train_set.classes), "palette": [tuple(c) for c in train_set.palette]}
     trainer = Trainer(cfg, model, loss, train_set, evaluate_fn, meta=meta, progress=progress,
                       batch_transform=batch_transform)
     summary = trainer.fit(resume=resume, stop_at=stop_at)
-    if summary.get("final", {}).get("per_class_iou"):
+    if rank == 0 and summary.get("final", {}).get("per_class_iou"):
         print(format_table(summary["final"]))
     return summary
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: str, split: str | None = None, progress: bool = True,
-                        out: str | None = None, scales=None, merge: str | None = None, flip: bool = False,
-                        window=None, stride=None) -> dict:
-    """Evaluate a checkpoint on cfg's validation split (or `split`); prints the per-class table.
-
-    scales / merge / flip / window / stride are test-time options (``contextseg.models.multiscale.
-    configure_inference``): e.g. scales=[0.5, 1.0, 1.5], merge="avg", flip=True; none given = as trained."""
-    if split:
-        cfg.data.val_split = split
-    _, val_set = build_datasets(cfg, train=False)
+def _load_for_eval(cfg: Config, checkpoint: str, val_set):
     ckpt = load_checkpoint(checkpoint)
     args = ckpt.get("model_args") or {}
     model = create_model(**args) if args else build_model_for(cfg, val_set.num_classes)
@@ -88,7 +102,29 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, split: str | None = None, 
         raise ContextSegError(f"checkpoint {checkpoint!r} predicts {model.num_classes} classes but dataset "
                               f"{cfg.data.dataset!r} has {val_set.num_classes}; evaluate it on the data it was trained for")
     load_state_dict_checked(model, ckpt["model"], source=f"checkpoint {checkpoint!r}")
-    model = configure_inference(model, scales=scales, merge=merge, flip=flip, window=window, stride=stride)
+    return model
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint, split: str | None = None, progress: bool = True,
+                        out: str | None = None, scales=None, merge: str | None = None, flip: bool = False,
+                        window=None, stride=None) -> dict:
+    """Evaluate a checkpoint, or an ensemble of several (a list of paths: their softmax probabilities averaged,
+    see contextseg.models.ensemble), on cfg's validation split (or `split`); prints the per-class table.
+
+    scales / merge / flip / window / stride are test-time options (``contextseg.models.multiscale.
+    configure_inference``), applied to every member: e.g. scales=[0.5, 1.0, 1.5], merge="avg", flip=True; none
+    given = as trained."""
+    checkpoints = [str(checkpoint)] if isinstance(checkpoint, (str, Path)) else [str(c) for c in checkpoint]
+    if not checkpoints:
+        raise ContextSegError("no checkpoint given; pass --checkpoint A.pt [B.pt ...]")
+    if split:
+        cfg.data.val_split = split
+    _, val_set = build_datasets(cfg, train=False)
+    if val_set is None:
+        raise ContextSegError("no split to evaluate: set data.val_split or pass --split")
+    models = [configure_inference(_load_for_eval(cfg, c, val_set), scales=scales, merge=merge, flip=flip,
+                                  window=window, stride=stride) for c in checkpoints]
+    model = models[0] if len(models) == 1 else Ensemble(models, names=checkpoints)
     device = select_device(cfg.device)
     model.to(device)
     if cfg.train.channels_last:
@@ -98,7 +134,10 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, split: str | None = None, 
     print(format_table(result))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
+        report = {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints,
+                  "split": cfg.data.val_split, "inference": inference_spec(models[0]), **result}
+        if len(checkpoints) > 1:
+            report["ensemble"] = "mean of softmax probabilities"
         with open(out, "w") as f:
-            json.dump({"checkpoint": str(checkpoint), "split": cfg.data.val_split, "inference": inference_spec(model),
-                       **result}, f, indent=2)
+            json.dump(report, f, indent=2)
     return result

@@ -1,17 +1,31 @@
-"""Iteration-based trainer: SGD/AdamW, poly schedule with warm-up, autocast, periodic evaluation,
-atomic best/last checkpoints, exact resume of step/epoch/sampler/RNG, JSON-lines metrics and a PNG
-of the curves. Task-agnostic: it needs a model returning a dict, a loss `(outputs, targets) ->
-(total, parts)` and an `evaluate_fn(model) -> dict` whose `key_metric` entry decides "best"; an optional
+"""Iteration-based trainer: SGD/AdamW, poly schedule with warm-up, autocast, gradient accumulation and clipping,
+periodic evaluation, atomic best/last checkpoints, exact resume, JSON-lines metrics and a PNG of the curves.
+Task-agnostic: it needs a model returning a dict, a loss `(outputs, targets) -> (total, parts)` and an
+`evaluate_fn(model) -> dict` whose `key_metric` entry decides "best"; an optional
 `batch_transform(images, targets) -> (images, targets)` (a batch mix) runs on each batch on the device.
+
+Distributed (a process group from torchrun, see engine/distributed.py): the model is wrapped in
+DistributedDataParallel (BatchNorm converted to SyncBatchNorm on CUDA; it has no CPU kernels), each rank reads its
+shard of the same seeded permutation with ``data.batch_size`` samples per step (global batch = world size x
+batch_size x train.accumulate), the logged losses are means over ranks, and only rank 0 writes files.
+
+Exact resume: a checkpoint holds model, optimizer, scheduler, grad scaler, step and the RNG states (of every
+rank); the data position follows from the step, the sample order from (seed, epoch) and each sample's augmentation
+from (seed, epoch, index) (runtime.SeededSamples), so a run killed at any moment and resumed from last.pt ends
+where an uninterrupted run ends. On resume, metrics.jsonl records written after that checkpoint are dropped.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import random
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -19,9 +33,14 @@ from tqdm import tqdm
 from ..config import Config, save_config
 from ..errors import ContextSegError
 from ..visualize import plot_curves
+from . import distributed as dist_utils
+from .diagnostics import snapshot_params, update_stats
 from .checkpoint import atomic_save, load_checkpoint, load_state_dict_checked, rng_state, set_rng_state
-from .runtime import ResumableSampler, autocast, select_device, worker_init
+from .runtime import ResumableSampler, SeededSamples, autocast, worker_init
 from .schedules import PolyLR
+
+
+MAX_BAD_STEPS = 5  # non-finite losses in a row that stop a run
 
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
@@ -35,30 +54,48 @@ class Trainer:
     def __init__(self, cfg: Config, model, loss_fn, train_set, evaluate_fn=None, meta: dict | None = None,
                  key_metric: str = "mIoU", progress: bool = True, batch_transform=None):
         self.cfg = cfg
-        self.device = select_device(cfg.device)
-        self.model = model.to(self.device)
-        if cfg.train.channels_last:
+        t = cfg.train
+        self.rank, self.world = dist_utils.get_rank(), dist_utils.get_world_size()
+        self.is_main = self.rank == 0
+        self.device = dist_utils.device_for(cfg.device)
+        if self.world > 1 and self.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device)  # the plain module: checkpoints, evaluation
+        if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_model = self.model  # what the training step calls: the DDP wrapper in a distributed run
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(getattr(t, "find_unused_parameters", False)))
+            # the same initial weights on every rank (DDP broadcast rank 0's), but distinct streams for
+            # dropout and batch mixes
+            if self.rank:
+                _seed_all(cfg.seed * 1000 + 7919 * self.rank)
         self.loss_fn = loss_fn.to(self.device)
         self.train_set = train_set
         self.evaluate_fn = evaluate_fn
         self.meta = meta or {}
         self.key_metric = key_metric
-        self.progress = progress
+        self.progress = progress and self.is_main
         # (images, labels) -> (images, labels) on the device, e.g. a batch mix (contextseg.data.mix.BatchMix)
         self.batch_transform = batch_transform
         self.out_dir = Path(cfg.output_dir)
-        self.optimizer = build_optimizer(self.model, cfg.train)
-        t = cfg.train
+        self.optimizer = build_optimizer(self.model, t)
         self.scheduler = PolyLR(self.optimizer, t.iters, t.poly_power, t.warmup_iters, t.warmup_ratio, t.min_lr)
-        if len(train_set) < cfg.data.batch_size:
-            raise ContextSegError(f"the training set has {len(train_set)} samples, fewer than "
-                                  f"data.batch_size={cfg.data.batch_size}; lower data.batch_size")
-        self.sampler = ResumableSampler(len(train_set), seed=cfg.seed)
-        self.loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=self.sampler,
+        self.accumulate = int(getattr(t, "accumulate", 1) or 1)
+        if len(train_set) // self.world < cfg.data.batch_size:
+            per = f" ({self.world} processes share them)" if self.world > 1 else ""
+            raise ContextSegError(f"the training set has {len(train_set)} samples{per}, fewer than "
+                                  f"data.batch_size={cfg.data.batch_size} per process; lower data.batch_size")
+        self.samples = SeededSamples(train_set, seed=cfg.seed)
+        self.sampler = ResumableSampler(len(train_set), seed=cfg.seed, rank=self.rank, num_replicas=self.world)
+        self.loader = DataLoader(self.samples, batch_size=cfg.data.batch_size, sampler=self.sampler,
                                  num_workers=cfg.data.num_workers, drop_last=True, worker_init_fn=worker_init,
                                  persistent_workers=False, pin_memory=self.device.type == "cuda")
-        self.batches_per_epoch = len(train_set) // cfg.data.batch_size
+        self.batches_per_epoch = self.sampler.shard_size // cfg.data.batch_size  # per process
         # fp16 needs loss scaling (bf16 does not); a disabled scaler is a no-op
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.step = 0
@@ -68,7 +105,9 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
-        return {
+        """The checkpoint; in a distributed run every rank calls it (it gathers the ranks' RNG states)."""
+        rngs = _gather_rng_states()
+        state = {
             "format": "contextseg-checkpoint-v1",
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "model_args": dict(getattr(self.model, "init_args", {})),
@@ -80,17 +119,23 @@ class Trainer:
             "best": self.best,
             "config": self.cfg.to_dict(),
             "metrics": _jsonable(self.last_metrics),
-            "rng": rng_state(),
+            "rng": rngs[0],
             "classes": self.meta.get("classes"),
             "palette": [list(c) for c in self.meta.get("palette", [])] or None,
         }
+        if self.world > 1:
+            state["rng_ranks"] = rngs
+        return state
 
     def save(self, name: str) -> Path:
+        """Write OUTPUT_DIR/name atomically (rank 0; every rank must call it). Refuses non-finite weights."""
         for k, v in self.model.state_dict().items():
             if v.is_floating_point() and not torch.isfinite(v).all():
                 raise ContextSegError(f"refusing to write {name}: weight {k} is not finite; lower train.lr")
         path = self.out_dir / name
-        atomic_save(self.state(), path)
+        state = self.state()
+        if self.is_main:
+            atomic_save(state, path)
         return path
 
     def resume(self, path) -> None:
@@ -102,11 +147,23 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
         self.best = ckpt.get("best", -math.inf)
+        if self.best is None:  # written as null when -inf
+            self.best = -math.inf
         self.last_metrics = ckpt.get("metrics") or {}
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks")
+        if ranks and len(ranks) == self.world:
+            set_rng_state(ranks[self.rank])
+        else:
+            set_rng_state(ckpt["rng"])
+            if self.rank:
+                _seed_all((self.cfg.seed * 1000 + 7919 * self.rank) ^ self.step)
+        if self.is_main:
+            _truncate_log(self.out_dir / "metrics.jsonl", self.step)
 
     # -- loop --------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
+        if not self.is_main:
+            return
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(_jsonable(record)) + "\n")
 
@@ -119,89 +176,180 @@ class Trainer:
         self.last_metrics = metrics
         self.log({"kind": "val", "step": self.step, "epoch": self.epoch, **metrics})
         value = metrics.get(self.key_metric, -math.inf)
-        improved = value > self.best
-        if improved:
+        if value > self.best:
             self.best = value
+            self.save("best.pt")  # before last.pt: a kill in between resumes from the older last.pt and redoes it
         self.save("last.pt")
-        if improved:
-            self.save("best.pt")
         return metrics
+
+    def batches(self):
+        """Endless stream of (epoch, (images, targets)) from the position reached after ``self.step`` optimizer
+        steps: per epoch, the sampler's order from that position, each sample augmented by its own seed."""
+        bs = self.cfg.data.batch_size
+        epoch, offset = divmod(self.step * self.accumulate, self.batches_per_epoch)
+        while True:
+            self.sampler.set_epoch(epoch, start=offset * bs)
+            self.samples.set_epoch(epoch)
+            # the loader draws its worker seed from this generator, not from the global RNG, so a resumed run
+            # leaves the global RNG (dropout, batch mixes) where an uninterrupted run has it
+            self.loader.generator = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)
+            for batch in self.loader:
+                yield epoch, batch
+            epoch, offset = epoch + 1, 0
+
+    def train_step(self, batches) -> tuple[dict, bool]:
+        """One optimizer step over ``train.accumulate`` batches; returns the losses (means over batches and ranks,
+        as 0-dim tensors) and whether the step was taken (False: a loss was not finite on some rank)."""
+        t = self.cfg.train
+        self.optimizer.zero_grad(set_to_none=True)
+        finite, sums = True, None
+        for j in range(self.accumulate):
+            self.epoch, (images, labels) = next(batches)
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self.batch_transform is not None:
+                images, labels = self.batch_transform(images, labels)
+            if t.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            sync = j == self.accumulate - 1 or self.train_model is self.model
+            with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                with autocast(self.device, t.amp):
+                    try:
+                        outputs = self.train_model(images)
+                    except RuntimeError as exc:
+                        if "finished reduction in the prior iteration" not in str(exc):
+                            raise
+                        raise ContextSegError(
+                            "some model parameters got no gradient in the previous step (an output the loss does "
+                            "not use, e.g. aux left out of loss.weights); DistributedDataParallel needs "
+                            "train.find_unused_parameters=true for such a model, or give that output a loss "
+                            "weight") from None
+                loss, parts = self.loss_fn(outputs, labels)
+                names = ["loss", *(f"loss_{k}" for k in parts)]
+                values = torch.stack([loss.detach().float(), *(torch.as_tensor(v, device=loss.device).detach().float()
+                                                               for v in parts.values())])
+                stats = torch.cat([values, (~torch.isfinite(loss.detach())).float().view(1)])
+                dist_utils.all_reduce_sum(stats)  # the same decision on every rank
+                finite = finite and stats[-1].item() == 0
+                if finite:
+                    self.scaler.scale(loss / self.accumulate).backward()
+            sums = stats[:-1] if sums is None else sums + stats[:-1]
+        losses = dict(zip(names, sums / (self.world * self.accumulate)))
+        logging_step = (self.step + 1) % t.log_interval == 0 or self.step + 1 == t.iters
+        self._old_params = snapshot_params(self.model) if self.is_main and finite and logging_step else None
+        if finite:
+            if t.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        return losses, finite
 
     def fit(self, resume: str | Path | None = None, stop_at: int | None = None) -> dict:
         """Train to cfg.train.iters (or pause after step `stop_at`, writing last.pt, for time-boxed runs)."""
         cfg, t = self.cfg, self.cfg.train
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out_dir / "config.yaml")
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out_dir / "config.yaml")
         if resume:
             self.resume(resume)
+        elif self.step == 0 and self.is_main:  # a fresh run owns its log: drop an earlier run's records
+            _truncate_log(self.out_dir / "metrics.jsonl", 0)
         self.model.train()
         bar = tqdm(total=t.iters, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         start_time = time.time()
+        start_step = self.step
         bad_steps = 0
-        while self.step < t.iters and (stop_at is None or self.step < stop_at):
-            in_epoch = self.step - self.epoch * self.batches_per_epoch
-            if in_epoch >= self.batches_per_epoch:
-                self.epoch += 1
-                in_epoch = 0
-            self.sampler.set_epoch(self.epoch, start=in_epoch * cfg.data.batch_size)
-            # the loader draws its worker seed from this generator, not from the global RNG, so a
-            # resumed run leaves the global RNG (dropout, augmentation) where an uninterrupted run has it
-            self.loader.generator = torch.Generator().manual_seed(cfg.seed * 1000003 + self.epoch)
-            for images, labels in self.loader:
-                images = images.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
-                if self.batch_transform is not None:
-                    images, labels = self.batch_transform(images, labels)
-                if t.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with autocast(self.device, t.amp):
-                    outputs = self.model(images)
-                loss, parts = self.loss_fn(outputs, labels)
-                self.optimizer.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):
-                    bad_steps += 1
-                    warnings.warn(f"step {self.step}: non-finite loss {loss.item()}, update skipped")
-                    if bad_steps >= 5:
-                        raise ContextSegError("the loss was not finite 5 steps in a row; lower train.lr, "
-                                              "use amp=none, or run `contextseg doctor` on the config")
-                else:
+        batches = self.batches()
+        try:
+            while self.step < t.iters and (stop_at is None or self.step < stop_at):
+                losses, took = self.train_step(batches)
+                if took:
                     bad_steps = 0
-                    self.scaler.scale(loss).backward()
-                    if t.grad_clip:
-                        self.scaler.unscale_(self.optimizer)
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
+                else:
+                    bad_steps += 1
+                    if self.is_main:
+                        warnings.warn(f"step {self.step}: non-finite loss {losses['loss'].item()}, update skipped")
+                    if bad_steps >= MAX_BAD_STEPS:
+                        raise ContextSegError(
+                            f"the loss was not finite {MAX_BAD_STEPS} steps in a row (last at step {self.step}); "
+                            f"lower train.lr, set train.grad_clip, use amp=none, or run `contextseg doctor` on the "
+                            f"config. Checkpoints hold only finite weights: resume from OUTPUT_DIR/last.pt")
                 self.scheduler.step()
                 self.step += 1
                 bar.update(1)
                 if self.step % t.log_interval == 0 or self.step == t.iters:
-                    record = {"kind": "train", "step": self.step, "epoch": self.epoch, "loss": loss.item(),
+                    loss = losses["loss"].item()
+                    record = {"kind": "train", "step": self.step, "epoch": self.epoch, "loss": loss,
                               "lr": self.optimizer.param_groups[0]["lr"], "time": time.time() - start_time}
-                    record.update({f"loss_{k}": v.item() for k, v in parts.items()})
+                    record.update({k: v.item() for k, v in losses.items() if k != "loss"})
+                    if self._old_params is not None:  # gradient norms and update-to-weight ratios per group
+                        record.update(update_stats(self.model, self._old_params))
                     self.log(record)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{record['lr']:.2e}")
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}")
                 last = self.step == t.iters
                 if self.evaluate_fn is not None and (self.step % t.eval_interval == 0 or last):
                     m = self.run_eval()
-                    bar.write(f"step {self.step}: val {self.key_metric} {100 * m.get(self.key_metric, float('nan')):.2f}")
+                    if self.is_main:
+                        bar.write(f"step {self.step}: val {self.key_metric} "
+                                  f"{100 * m.get(self.key_metric, float('nan')):.2f}")
                 elif self.step % t.checkpoint_interval == 0 or last:
                     self.save("last.pt")
-                if stop_at is not None and self.step >= stop_at and not last:
+                elif stop_at is not None and self.step >= stop_at:
                     self.save("last.pt")
-                    break
-                if last or self.step - self.epoch * self.batches_per_epoch >= self.batches_per_epoch:
-                    break
-        bar.close()
-        if self.evaluate_fn is None and not (self.out_dir / "last.pt").exists():
-            self.save("last.pt")
-        if (self.out_dir / "metrics.jsonl").exists():
-            plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png")
+        finally:
+            batches.close()  # ends the loader iterator (and its workers)
+            bar.close()
+        if self.step == start_step and self.evaluate_fn is None:
+            if dist_utils.broadcast_object(not (self.out_dir / "last.pt").exists() if self.is_main else None):
+                self.save("last.pt")
         summary = {"step": self.step, "best": self.best, "train_seconds": time.time() - start_time,
                    "final": self.last_metrics}
-        with open(self.out_dir / "summary.json", "w") as f:
-            json.dump(_jsonable(summary), f, indent=2)
+        if self.is_main:
+            if (self.out_dir / "metrics.jsonl").exists():
+                plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png")
+            with open(self.out_dir / "summary.json", "w") as f:
+                json.dump(_jsonable(summary), f, indent=2)
+        dist_utils.barrier()
         return summary
+
+
+def _gather_rng_states() -> list:
+    """Every rank's RNG state (one process: a list of one), exchanged as torch.save bytes."""
+    if dist_utils.get_world_size() == 1:
+        return [rng_state()]
+    buf = io.BytesIO()
+    torch.save(rng_state(), buf)
+    return [torch.load(io.BytesIO(b), weights_only=True) for b in dist_utils.all_gather_object(buf.getvalue())]
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the complete JSON lines of ``path`` with step <= ``step``: what a run killed after writing the
+    checkpoint of ``step`` logged later (and a half-written last line) is redone by the resumed run."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            continue
+        kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
 
 
 def _jsonable(obj):
