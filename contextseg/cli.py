@@ -1,4 +1,4 @@
-"""`contextseg train|eval|predict|models` (bench, export and doctor arrive with their issues)."""
+"""`contextseg train|eval|predict|doctor|models` (bench and export arrive with their issues)."""
 from __future__ import annotations
 
 import argparse

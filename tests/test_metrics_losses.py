@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from contextseg.losses import CrossEntropy, OutputsLoss, build_loss
+from contextseg.losses import CrossEntropy, build_loss
 from contextseg.metrics import SegMetric, confusion_matrix, format_table, metrics_from_confusion
 
 

@@ -14,6 +14,7 @@ value the dataset does not know fails with the file's name instead of a CUDA ass
 """
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -460,4 +461,11 @@ def build_dataset(name: str, split: str = "train", root: str | os.PathLike | Non
     cls = DATASETS.get(name)
     if root is not None:
         kwargs["root"] = root
+    try:
+        inspect.signature(cls).bind(split=split, transform=transform, **kwargs)
+    except TypeError as exc:
+        accepted = [p for p in inspect.signature(cls).parameters if p not in ("split", "transform")]
+        raise ContextSegError(
+            f"dataset {name!r} does not take the options {sorted(kwargs)} ({exc}); it accepts: {', '.join(accepted)}. "
+            f"In YAML put a space after each colon: data.kwargs={{num_samples: 8}}") from None
     return cls(split=split, transform=transform, **kwargs)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
