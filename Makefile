@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/contextseg train configs/synthetic_ocr.yaml output_dir=$(DEMO_OUT)
 	$(BIN)/contextseg eval configs/synthetic_ocr.yaml --checkpoint $(DEMO_OUT)/best.pt --out $(DEMO_OUT)/eval.json
-	$(BIN)/python -m contextseg.data.synthetic --out $(DEMO_OUT)/samples --count 4
+	$(BIN)/python -c "from contextseg.data.synthetic import write_synthetic_folder as w; w('$(DEMO_OUT)/samples', 4, seed=1000)"
 	$(BIN)/contextseg predict $(DEMO_OUT)/samples/images --checkpoint $(DEMO_OUT)/best.pt --out $(DEMO_OUT)/predictions
 	@echo "demo done: curves in $(DEMO_OUT)/curves.png, overlays in $(DEMO_OUT)/predictions"
 

@@ -223,15 +223,3 @@ def write_synthetic_folder(root: str | Path, n: int = 8, size: Sequence[int] = (
     (root / "classes.txt").write_text("\n".join(SYNTHETIC_CLASSES) + "\n")
     return list(SYNTHETIC_CLASSES)
 
-
-if __name__ == "__main__":  # python -m contextseg.data.synthetic --out DIR --count N
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Write synthetic scenes as a folder of image/mask pairs.")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--count", type=int, default=8)
-    parser.add_argument("--size", type=int, nargs=2, default=[96, 128])
-    parser.add_argument("--seed", type=int, default=1000)
-    args = parser.parse_args()
-    write_synthetic_folder(args.out, args.count, args.size, args.seed)
-    print(f"wrote {args.count} pairs to {args.out}/images and {args.out}/masks")
