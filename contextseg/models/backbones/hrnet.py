@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ...errors import ContextSegError
 from ...registry import BACKBONES
 from ..attention import SEBlock
+from .init import he_init
 
 BN_MOMENTUM = 0.1  # official value, PyTorch convention (== nn.BatchNorm2d default)
 
@@ -249,12 +250,7 @@ class HRNet(nn.Module):
 
         (The official code draws conv weights from N(0, 0.001) and then loads ImageNet weights over them.)
         """
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     @staticmethod
     def _make_stage(cfg: StageCfg) -> tuple[nn.Sequential, list[int]]:

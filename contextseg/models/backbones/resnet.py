@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ...errors import ContextSegError
 from ...registry import BACKBONES
+from .init import he_init
 
 RESNET_LAYERS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 
@@ -149,12 +150,7 @@ class ResNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """He-normal (fan_out) conv weights, BN weight 1 and bias 0 (torchvision's init)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
