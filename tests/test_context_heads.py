@@ -323,3 +323,65 @@ def test_rebuild_from_init_args_resnet():
         ref = model.eval()(x)["out"]
         torch.testing.assert_close(again.eval()(x)["out"], ref)
     assert ref.shape == (1, 3, 3, 3)
+
+
+# ---------------------------------------------------------------- auxiliary head, HRNetV1 heads
+
+
+def test_aux_head_count_and_psp_default():
+    from contextseg.models.heads.aux import AuxFCNHead
+    k = 11
+    assert n_params(AuxFCNHead(RESNET_WIDTHS, k)) == cbr(3, 1024, 256) + conv(1, 256, k, bias=True)
+    psp = create_model("psp", backbone="resnet50", num_classes=k)  # PSPNet Sec. 3.4: deep supervision on c4
+    assert psp.aux_head is not None and psp.aux_head.inputs.in_index == [2]
+    assert create_model("psp", backbone="resnet50", num_classes=k, aux=False).aux_head is None
+    assert create_model("aspp", backbone="resnet50", num_classes=k).aux_head is None  # DeepLab v3 had none
+    assert create_model("psp", backbone=HR_SMALL, num_classes=k).aux_head is None  # no c4 on HRNet
+
+
+@pytest.mark.parametrize("os_", [8, 16])
+def test_aux_output_train_only(os_):
+    torch.manual_seed(0)
+    model = create_model("aspp", backbone="resnet50", num_classes=4, output_stride=os_, aux=True)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    out = model.train()(x)
+    side = math.ceil(SIZE / os_)
+    assert set(out) == {"out", "aux"}
+    assert tuple(out["aux"].shape) == tuple(out["out"].shape) == (2, 4, side, side)
+    out["aux"].sum().backward()  # the aux loss reaches the backbone's c4 but not the main head
+    assert model.backbone.layer3[0].conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.head.parameters())
+    with torch.no_grad():
+        assert set(model.eval()(x)) == {"out"}
+    rebuilt = create_model(**model.init_args)
+    assert rebuilt.init_args["aux"] is True and rebuilt.state_dict().keys() == model.state_dict().keys()
+
+
+def test_aux_options_and_errors():
+    model = create_model("fcn", backbone=HR_SMALL, num_classes=3, aux={"in_index": [0, 1, 2, 3], "channels": 64})
+    out = model.train()(torch.randn(2, 3, SIZE, SIZE))
+    assert out["aux"].shape == out["out"].shape == (2, 3, 17, 17)
+    with pytest.raises(ContextSegError, match="no default map for an auxiliary head.*aux=\\{in_index: 2\\}"):
+        create_model("fcn", backbone=HR_SMALL, num_classes=3, aux=True)
+    with pytest.raises(ContextSegError, match="'ocr' already has an auxiliary output"):
+        create_model("ocr", backbone="resnet50", num_classes=3, aux=True)
+    with pytest.raises(ContextSegError, match="unknown aux option\\(s\\) \\['width'\\]"):
+        create_model("psp", backbone="resnet50", num_classes=3, aux={"width": 3})
+    with pytest.raises(ContextSegError, match="aux must be true, false or a mapping"):
+        create_model("psp", backbone="resnet50", num_classes=3, aux="yes")
+
+
+@pytest.mark.parametrize("arch", ["fcn", "ocr"])
+def test_hrnet_v1_heads_use_the_top_branch(arch):
+    # HRNetV1 (Wang et al. 2019, Fig. 4(a)): the head sees only the highest-resolution branch (16 ch on W18-Small-v1)
+    k, c = 5, 16
+    v1 = create_model(arch, backbone=HR_SMALL, num_classes=k, in_index=0)
+    v2 = create_model(arch, backbone=HR_SMALL, num_classes=k)
+    if arch == "fcn":
+        assert n_params(v1.head) == conv(1, c, c, bias=True) + 2 * c + conv(1, c, k, bias=True)
+    else:  # only the layers fed by u change width: conv3x3_ocr (c -> 512) and the aux head (c -> c -> K)
+        diff = lambda w: conv(3, w, 512, bias=True) + conv(1, w, w, bias=True) + 2 * w + conv(1, w, k, bias=True)  # noqa
+        assert n_params(v2.head) - n_params(v1.head) == diff(240) - diff(c)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert v1.eval()(x)["out"].shape == v2.eval()(x)["out"].shape == (2, k, 17, 17)

@@ -13,6 +13,7 @@ from ..errors import ContextSegError
 from ..registry import BACKBONES, HEADS
 from . import backbones, heads  # noqa: F401  (importing them registers the built-in names)
 from .fuse import fuse_conv_bn
+from .heads.aux import AuxFCNHead
 from .multiscale import MultiScale, sliding_window_inference
 from .segmentor import Segmentor
 
@@ -39,6 +40,7 @@ def create_model(
     num_classes: int = 19,
     in_channels: int = 3,
     multiscale: dict | None = None,
+    aux: bool | dict | None = None,
     **kwargs,
 ) -> Segmentor | MultiScale:
     """Build ``arch`` (e.g. "fcn", "ocr", "psp") on ``backbone`` (e.g. "hrnetv2_w48", "resnet101").
@@ -53,6 +55,11 @@ def create_model(
 
     ``multiscale=dict(scales=[0.5, 1.0], merge="hierarchical", ...)`` wraps the model in ``MultiScale`` (the keys are
     its keyword arguments), e.g. to train attention over scales; from a config: ``model.kwargs.multiscale``.
+
+    ``aux`` adds an auxiliary FCN head (``AuxFCNHead``: 3x3 conv 256, classifier) whose logits are the "aux" output
+    in training (deep supervision, loss weight ``loss.weights.aux``): True puts it on the backbone's c4 (ResNet), a
+    dict gives its options (``in_index``, ``channels``, ``dropout``). None (default) follows the paper: on for "psp"
+    on a ResNet (PSPNet, Sec. 3.4), off otherwise. OCR has its own "aux" output (the soft object regions).
 
     ``model.init_args`` records every argument in this flat form, so ``create_model(**model.init_args)`` rebuilds
     the same model (same parameter names and shapes; weights are initialised afresh).
@@ -80,8 +87,11 @@ def create_model(
             f"{', '.join(backbone_opts) or '(no extra options)'}"
         ) from None
     body = build_backbone(in_channels=in_channels, **backbone_kwargs)
-    model = Segmentor(body, build_head(body, num_classes, **head_kwargs))
+    head = build_head(body, num_classes, **head_kwargs)
+    model = Segmentor(body, head, _aux_head(aux, arch, backbone, body, num_classes))
     model.init_args = dict(arch=arch, backbone=backbone, num_classes=num_classes, in_channels=in_channels, **kwargs)
+    if aux is not None:
+        model.init_args["aux"] = aux
     if multiscale is None:
         return model
     if not isinstance(multiscale, dict):
@@ -92,6 +102,32 @@ def create_model(
     if unknown:
         raise ContextSegError(f"unknown multiscale option(s) {unknown}; MultiScale accepts: {', '.join(options)}")
     return MultiScale(model, **multiscale)
+
+
+def _aux_head(aux, arch: str, backbone: str, body, num_classes: int) -> AuxFCNHead | None:
+    """The auxiliary head ``create_model(aux=...)`` asks for (None: the paper's choice, see ``create_model``)."""
+    c4 = getattr(body, "aux_in_index", None)
+    if aux is None:
+        aux = arch == "psp" and c4 is not None
+    if aux is False:
+        return None
+    if aux is not True and not isinstance(aux, dict):
+        raise ContextSegError(f"aux must be true, false or a mapping of AuxFCNHead options, got {aux!r}")
+    if arch == "ocr":
+        raise ContextSegError("model 'ocr' already has an auxiliary output (its soft object regions); drop aux=...")
+    options = {} if aux is True else dict(aux)
+    unknown = sorted(set(options) - set(_option_names(AuxFCNHead, skip={"in_channels", "num_classes"})))
+    if unknown:
+        raise ContextSegError(f"unknown aux option(s) {unknown}; the auxiliary head accepts: in_index, channels, "
+                              f"dropout")
+    if "in_index" not in options:
+        if c4 is None:
+            raise ContextSegError(
+                f"backbone {backbone!r} has no default map for an auxiliary head (ResNets use c4); name one, "
+                f"e.g. aux={{in_index: 2}}"
+            )
+        options["in_index"] = c4
+    return AuxFCNHead(body.out_channels, num_classes, **options)
 
 
 def list_models() -> list[str]:

@@ -24,16 +24,20 @@ class Segmentor(nn.Module):
     (``contextseg.MultiScale``) feeds it to its attention net, as Attention to Scale used DeepLab's fc7 and
     hierarchical multi-scale attention used OCR's mid features.
 
+    ``aux_head`` (optional, e.g. ``AuxFCNHead`` on ResNet's c4 as PSPNet) adds its logits as "aux" in training mode
+    (deep supervision); a head with its own "aux" output (OCR's soft object regions) cannot take one.
+
     Attributes:
         num_classes, in_channels: the model's output and input widths.
         init_args: the keyword arguments of ``create_model`` that rebuild this model (set by ``create_model``,
             saved next to the weights in checkpoints).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.aux_head = aux_head
         self.in_channels: int = backbone.in_channels
         self.num_classes: int = head.num_classes
         self.init_args: dict = {}
@@ -59,14 +63,24 @@ class Segmentor(nn.Module):
                 f"(and normalize) before calling it"
             )
         if not return_feat:
-            out = self.head(self.backbone(x))
-            return out if self.training else {"out": out["out"]}
+            return self._heads(self.backbone(x))
         seen: list[Tensor] = []
         hook = self._feat_module().register_forward_pre_hook(lambda module, args: seen.append(args[0]))
         try:
-            out = self.head(self.backbone(x))
+            out = self._heads(self.backbone(x))
         finally:
             hook.remove()
-        out = dict(out) if self.training else {"out": out["out"]}
         out["feat"] = seen[0]
+        return out
+
+    def _heads(self, feats: list[Tensor]) -> dict[str, Tensor]:
+        out = self.head(feats)
+        if not self.training:
+            return {"out": out["out"]}
+        out = dict(out)
+        if self.aux_head is not None:
+            if "aux" in out:
+                raise ContextSegError(f"head {type(self.head).__name__} already returns 'aux'; build the model "
+                                      f"with aux=False")
+            out["aux"] = self.aux_head(feats)
         return out

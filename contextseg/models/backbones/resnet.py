@@ -87,9 +87,11 @@ class ResNet(nn.Module):
         strides: [4, 8, 8, 8] at OS 8, [4, 8, 16, 16] at OS 16, [4, 8, 16, 32] at OS 32.
         dilations: the 3x3 dilation of the last block of each stage, e.g. [1, 1, 2, 4] at OS 8.
         default_in_index: -1; heads use c5 unless told otherwise.
+        aux_in_index: 2; the auxiliary FCN head (``create_model(..., aux=True)``, PSPNet's deep supervision) uses c4.
     """
 
     default_in_index = -1
+    aux_in_index = 2
     fuse_pairs = (("conv1", "bn1"),)  # the 7x7 stem (None with deep_stem; the deep stem is a Sequential)
 
     def __init__(

@@ -9,7 +9,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ...registry import HEADS
-from .common import check_feats, resize_concat
+from .common import FeatureAdapter, default_in_index
 
 
 class HRNetV2Head(nn.Module):
@@ -22,15 +22,18 @@ class HRNetV2Head(nn.Module):
         out = conv1x1(h) + b                              (B, K, H_0, W_0)
 
     Layer names follow the official ``last_layer`` (conv with bias, BN, ReLU, classifier with bias).
+    ``in_index`` picks other maps (``FeatureAdapter``): ``in_index=0`` is HRNetV1's head (the highest-resolution
+    branch alone, Wang et al. 2019, Fig. 4(a)).
     """
 
     feat_module = "last_layer.3"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int):
+    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int | Sequence[int] = (0, 1, 2, 3)):
         super().__init__()
         self.in_channels = list(in_channels)
         self.num_classes = num_classes
-        c = sum(self.in_channels)
+        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
+        c = self.inputs.out_channels
         self.last_layer = nn.Sequential(
             nn.Conv2d(c, c, kernel_size=1),
             nn.BatchNorm2d(c),
@@ -39,11 +42,11 @@ class HRNetV2Head(nn.Module):
         )
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
-        check_feats(feats, self.in_channels, type(self).__name__)
-        return {"out": self.last_layer(resize_concat(feats))}
+        return {"out": self.last_layer(self.inputs(feats))}
 
 
 @HEADS.register("fcn")
-def build_fcn(backbone: nn.Module, num_classes: int) -> HRNetV2Head:
-    """"fcn": the HRNetV2 concat head on all backbone outputs."""
-    return HRNetV2Head(backbone.out_channels, num_classes)
+def build_fcn(backbone: nn.Module, num_classes: int, in_index: int | Sequence[int] | None = None) -> HRNetV2Head:
+    """"fcn": the HRNetV2 concat head on the backbone's default map(s) (all four on HRNet; ``in_index=0``: HRNetV1)."""
+    index = default_in_index(backbone) if in_index is None else in_index
+    return HRNetV2Head(backbone.out_channels, num_classes, index)

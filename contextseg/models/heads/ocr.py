@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ...registry import HEADS
 from ..attention import upcast
-from .common import check_feats, resize_concat
+from .common import FeatureAdapter, default_in_index
 
 
 def conv_bn_relu(in_c: int, out_c: int, kernel_size: int = 1, bias: bool = False) -> list[nn.Module]:
@@ -119,6 +119,8 @@ class OCRHead(nn.Module):
         out    = conv1x1(x') + b                                 (B, K, H_0, W_0)
 
     Layer names follow the official model (``conv3x3_ocr``, ``ocr_distri_head``, ``cls_head``, ``aux_head``).
+    ``in_index`` picks other maps for u (``FeatureAdapter``): ``in_index=0`` runs OCR on HRNetV1 (the
+    highest-resolution branch alone), ``in_index=-1`` on a dilated ResNet's c5.
     """
 
     feat_module = "cls_head"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
@@ -130,11 +132,13 @@ class OCRHead(nn.Module):
         mid_channels: int = 512,
         key_channels: int = 256,
         dropout: float = 0.05,
+        in_index: int | Sequence[int] = (0, 1, 2, 3),
     ):
         super().__init__()
         self.in_channels = list(in_channels)
         self.num_classes = num_classes
-        c = sum(self.in_channels)
+        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
+        c = self.inputs.out_channels
         self.conv3x3_ocr = nn.Sequential(*conv_bn_relu(c, mid_channels, kernel_size=3, bias=True))
         self.ocr_gather_head = SpatialGather()
         self.ocr_distri_head = SpatialOCR(mid_channels, key_channels, mid_channels, dropout=dropout)
@@ -144,8 +148,7 @@ class OCRHead(nn.Module):
         )
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
-        check_feats(feats, self.in_channels, type(self).__name__)
-        u = resize_concat(feats)  # (B, sum C_i, H_0, W_0)
+        u = self.inputs(feats)  # (B, sum C_i, H_0, W_0)
         aux = self.aux_head(u)  # soft object regions
         x = self.conv3x3_ocr(u)
         regions = self.ocr_gather_head(x, aux)
@@ -155,9 +158,16 @@ class OCRHead(nn.Module):
 
 @HEADS.register("ocr")
 def build_ocr(
-    backbone: nn.Module, num_classes: int, mid_channels: int = 512, key_channels: int = 256, dropout: float = 0.05
+    backbone: nn.Module,
+    num_classes: int,
+    mid_channels: int = 512,
+    key_channels: int = 256,
+    dropout: float = 0.05,
+    in_index: int | Sequence[int] | None = None,
 ) -> OCRHead:
-    """"ocr": the HRNet + OCR head on all backbone outputs."""
+    """"ocr": the OCR head on the backbone's default map(s) (all four on HRNet; ``in_index=0``: HRNetV1)."""
+    index = default_in_index(backbone) if in_index is None else in_index
     return OCRHead(
-        backbone.out_channels, num_classes, mid_channels=mid_channels, key_channels=key_channels, dropout=dropout
+        backbone.out_channels, num_classes, mid_channels=mid_channels, key_channels=key_channels, dropout=dropout,
+        in_index=index,
     )
