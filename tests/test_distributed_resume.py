@@ -303,7 +303,7 @@ def test_run_killed_twice_and_resumed_matches_uninterrupted_run(tmp_path):
     proc = start_run(killed, resume=killed / "last.pt")
     assert proc.wait(120) == 0, (killed.parent / "killed.log").read_text()[-3000:]
 
-    full = tmp_path / "full"  # the reference runs the same way (a CLI process), uninterrupted
+    full = tmp_path / "full"  # the reference runs the same way (a CLI process, same thread count), uninterrupted
     full.mkdir()
     proc = start_run(full)
     assert proc.wait(120) == 0, (tmp_path / "full.log").read_text()[-3000:]
@@ -319,3 +319,28 @@ def test_run_killed_twice_and_resumed_matches_uninterrupted_run(tmp_path):
     assert comparable(full) == comparable(killed)  # killed runs' extra lines were dropped on resume
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (full, killed))
     assert timeless(sa["final"]) == timeless(sb["final"]) and sa["best"] == sb["best"]
+
+
+# -- thread counts: the one thing outside the checkpoint that changes CPU results -----------------------------------
+def test_launch_restores_the_environment(monkeypatch):
+    """torchrun writes OMP_NUM_THREADS=1 into the launcher's environment; a process started from it later (a resumed
+    run) would then compute with another thread count. launch() gives workers cpu_count // N threads and restores."""
+    import torch.distributed.run as run
+
+    seen = {}
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(run, "main", lambda argv: seen.update(argv=argv, omp=os.environ["OMP_NUM_THREADS"],
+                                                                leak=os.environ.update(SOMETHING="1")))
+    assert dist_utils.launch(2, ["train", "x.yaml"]) == 0
+    assert seen["omp"] == str(max(1, os.cpu_count() // 2)) and seen["argv"][-2:] == ["train", "x.yaml"]
+    assert "OMP_NUM_THREADS" not in os.environ and "SOMETHING" not in os.environ
+
+
+def test_resume_with_another_thread_count_warns(tmp_path):
+    run_tiny(tmp_path, 4, 0, 1, "deterministic=true", stop_at=2)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert ckpt["num_threads"] == torch.get_num_threads()
+    ckpt["num_threads"] = torch.get_num_threads() + 3
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.warns(UserWarning, match=f"saved with {torch.get_num_threads() + 3}.*OMP_NUM_THREADS="):
+        run_tiny(tmp_path, 4, 0, 1, "deterministic=true", resume=tmp_path / "other.pt")

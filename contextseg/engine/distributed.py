@@ -127,7 +127,12 @@ def broadcast_object(obj, src: int = 0):
 def launch(nproc: int, argv: list[str]) -> int:
     """``contextseg train --nproc N ...``: run ``torchrun --standalone --nproc_per_node=N -m contextseg ARGV`` in
     this process (torch.distributed.run: a free local port, the RANK/WORLD_SIZE/LOCAL_RANK environment per worker,
-    and all workers stopped when one fails). Returns 0, or 1 when a worker failed (its error is printed above)."""
+    and all workers stopped when one fails). Returns 0, or 1 when a worker failed (its error is printed above).
+
+    Unless OMP_NUM_THREADS is set, each worker gets cpu_count // N threads (torchrun alone would give each one
+    thread). The launcher's environment is restored afterwards: torchrun writes OMP_NUM_THREADS into it, and a
+    process started later from this one (e.g. a resumed run) would silently run with another thread count, which
+    changes floating-point reduction order and so breaks bit-exact resume."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
@@ -135,9 +140,14 @@ def launch(nproc: int, argv: list[str]) -> int:
         raise ContextSegError(f"--nproc must be >= 1, got {nproc}")
     if env_world_size() > 1:
         raise ContextSegError("--nproc given inside a distributed launch (WORLD_SIZE is set); use one or the other")
+    saved = dict(os.environ)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     try:
         torchrun_main(["--standalone", f"--nproc_per_node={nproc}", "-m", "contextseg", *argv])
     except ChildFailedError as exc:
         failures = "; ".join(f"rank {f.local_rank} exit code {f.exitcode}" for f in exc.failures.values())
         raise ContextSegError(f"distributed training failed ({failures}); the worker's own error is printed above")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return 0

@@ -120,6 +120,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "metrics": _jsonable(self.last_metrics),
             "rng": rngs[0],
+            "num_threads": torch.get_num_threads(),
             "classes": self.meta.get("classes"),
             "palette": [list(c) for c in self.meta.get("palette", [])] or None,
         }
@@ -150,6 +151,12 @@ class Trainer:
         if self.best is None:  # written as null when -inf
             self.best = -math.inf
         self.last_metrics = ckpt.get("metrics") or {}
+        threads = ckpt.get("num_threads")
+        if self.cfg.deterministic and self.device.type == "cpu" and threads and threads != torch.get_num_threads():
+            warnings.warn(
+                f"resuming a deterministic CPU run with {torch.get_num_threads()} threads that was saved with "
+                f"{threads}: float sums reduce in another order, so the result will not match an uninterrupted run "
+                f"bit for bit; set OMP_NUM_THREADS={threads} for an exact resume", stacklevel=2)
         ranks = ckpt.get("rng_ranks")
         if ranks and len(ranks) == self.world:
             set_rng_state(ranks[self.rank])
