@@ -8,8 +8,9 @@
 
 Suites (each experiment = the base config + its overrides + your key=value overrides, which apply to all):
 
-    heads   fcn, psp, aspp, nonlocal, ocr          model.arch=...; on HRNet every head uses all four maps (their
-                                                   default in_index); only OCR has an auxiliary output ("aux")
+    heads   fcn, psp, aspp, nonlocal, ocr, danet   model.arch=...; on HRNet every head uses all four maps (their
+                                                   default in_index); OCR has an auxiliary output ("aux"), DANet
+                                                   two ("pam", "cam", weight 1 each as its paper)
     losses  ce, ohem, focal, ce_mfb, ce_cutmix,    loss.name / loss.kwargs / data.mix; copy_paste pastes the classes of
             ce_copy_paste  (+ ohem_cutmix,         --copy-paste-classes (default: CamVid's rare pole 2, sign 6,
             ohem_copy_paste, focal_copy_paste)     pedestrian 9, bicyclist 10)
@@ -75,7 +76,10 @@ def suite_experiments(suite: str, base: Config, copy_paste_classes=CAMVID_RARE,
             "nonlocal": "self-attention (non-local) head, mmseg NLHead layout",
             "ocr": "object-contextual representations (+ aux soft-region loss)",
         }
-        return [Experiment(arch, [f"model.arch={arch}"], note) for arch, note in notes.items()]
+        danet_weights = {**base.loss.weights, "pam": 1.0, "cam": 1.0}  # DANet's three losses, equal weights
+        return [Experiment(arch, [f"model.arch={arch}"], note) for arch, note in notes.items()] + [
+            Experiment("danet", ["model.arch=danet", f"loss.weights={_flow(danet_weights)}"],
+                       "dual attention (position + channel), losses on out, pam, cam")]
     if suite == "losses":
         cp = f"data.mix_kwargs={_flow({'classes': [int(c) for c in copy_paste_classes]})}"
         cut = ["data.mix=cutmix", "data.mix_prob=0.5", "data.mix_kwargs={alpha: 1.0}"]

@@ -18,8 +18,8 @@ What each row is (``--channels`` C = 2048 by default; widths 512 and 256 fixed a
                   3x3 (C + 4 * C/4) -> 512 + BN.                                             23.07M at C = 2048
   aspp            contextseg ASPPHead (DeepLab v3, rates 12/24/36, width 256) without dropout and classifier:
                   1x1 + three 3x3 atrous C -> 256, image pooling C -> 256, 1x1 projection 1280 -> 256.   15.54M
-  danet           Dual attention (Fu et al. 2019, "Dual Attention Network for Scene Segmentation", Sec. 3.2-3.4),
-                  written here (contextseg has no DANet): the DANet head without its classifiers:
+  danet           Dual attention (Fu et al. 2019, "Dual Attention Network for Scene Segmentation", Sec. 3.2-3.4):
+                  contextseg DANetHead (`create_model("danet")`) without its classifiers:
                   conv5a 3x3 C -> 512, position attention (PAM, Eqs. 1-2), conv51 3x3 512 -> 512; conv5c 3x3 C -> 512,
                   channel attention (CAM, Eqs. 3-4), conv52 3x3 512 -> 512; the two summed.         23.93M
   self_attention  The OCNet/OCR-paper layout from contextseg pieces: conv_bn_relu 3x3 C -> 512, NonLocal2d(512)
@@ -102,8 +102,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from contextseg.models.attention import NonLocal2d  # noqa: E402
-from contextseg.models.heads import ASPPHead, NonLocalHead, OCRHead, PSPHead  # noqa: E402
+from contextseg.models.attention import ChannelAttention, NonLocal2d, PositionAttention  # noqa: E402
+from contextseg.models.heads import ASPPHead, DANetHead, NonLocalHead, OCRHead, PSPHead  # noqa: E402
 from contextseg.models.heads.common import conv_bn_relu  # noqa: E402
 
 MID = 512  # width of the reduced representation (PPM bottleneck, DANet, self-attention, OCR)
@@ -142,70 +142,18 @@ class HeadBody(nn.Module):
         return self.head([x])["out"]
 
 
-class PositionAttention(nn.Module):
-    """DANet position attention module (Fu et al. 2019, Sec. 3.2, Eqs. 1-2): (B, C, H, W) -> (B, C, H, W).
-
-        q = W_q x, k = W_k x        1x1 convs with bias, C -> C/8          (B, N, C/8), (B, C/8, N), N = HW
-        v = W_v x                   1x1 conv with bias, C -> C             (B, C, N)
-        s = softmax_j(q_i . k_j)    no scaling                             (B, N, N)
-        E = alpha * (v s^T) + x     alpha a learnable scalar, starting at 0
-
-    Parameters: 2 * (C * C/8 + C/8) + C * C + C + 1.
-    """
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.query = nn.Conv2d(channels, channels // 8, 1)
-        self.key = nn.Conv2d(channels, channels // 8, 1)
-        self.value = nn.Conv2d(channels, channels, 1)
-        self.alpha = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        q = self.query(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
-        k = self.key(x).flatten(2)  # (B, C/8, N)
-        attn = F.softmax(torch.bmm(q, k), dim=-1)  # (B, N, N)
-        v = self.value(x).flatten(2)  # (B, C, N)
-        out = torch.bmm(v, attn.transpose(1, 2)).view(b, c, h, w)
-        return self.alpha * out + x
-
-
-class ChannelAttention(nn.Module):
-    """DANet channel attention module (Fu et al. 2019, Sec. 3.3, Eqs. 3-4): (B, C, H, W) -> (B, C, H, W).
-
-        a = x reshaped              (B, C, N)
-        s = softmax_j(a_i . a_j)    (B, C, C)   (the official code softmaxes max(energy) - energy; same cost)
-        E = beta * (s a) + x        beta a learnable scalar, starting at 0
-
-    Parameters: 1.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.beta = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        a = x.flatten(2)  # (B, C, N)
-        attn = F.softmax(torch.bmm(a, a.transpose(1, 2)), dim=-1)  # (B, C, C)
-        return self.beta * torch.bmm(attn, a).view(b, c, h, w) + x
-
-
 class DANetContext(nn.Module):
-    """The DANet head (Fu et al. 2019, Fig. 2; official DANetHead) without its three classifiers:
+    """contextseg DANetHead (Fu et al. 2019, Fig. 2; official DANetHead) without its three classifiers:
     (B, C, H, W) -> (B, 512, H, W) = conv51(PAM(conv5a(x))) + conv52(CAM(conv5c(x))), the convs 3x3 conv-BN-ReLU."""
 
     def __init__(self, in_channels: int, channels: int = MID):
         super().__init__()
-        self.conv5a = conv_bn_relu(in_channels, channels, kernel_size=3)
-        self.pam = PositionAttention(channels)
-        self.conv51 = conv_bn_relu(channels, channels, kernel_size=3)
-        self.conv5c = conv_bn_relu(in_channels, channels, kernel_size=3)
-        self.cam = ChannelAttention()
-        self.conv52 = conv_bn_relu(channels, channels, kernel_size=3)
+        self.head = DANetHead([in_channels], 1, in_index=0, channels=channels)
+        self.head.conv6 = self.head.conv7 = None
+        self.head.conv8 = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv51(self.pam(self.conv5a(x))) + self.conv52(self.cam(self.conv5c(x)))
+        return self.head([x])["out"]
 
 
 class DANetLiteContext(nn.Module):

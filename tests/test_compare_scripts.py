@@ -37,7 +37,7 @@ def _run_compare(tmp_path, suite, only, *extra):
 def test_suites_define_the_issue_experiments():
     base = compare.load_config(BASE)
     names = {s: [e.name for e in compare.suite_experiments(s, base) if e.default] for s in compare.SUITES}
-    assert names["heads"] == ["fcn", "psp", "aspp", "nonlocal", "ocr"]
+    assert names["heads"] == ["fcn", "psp", "aspp", "nonlocal", "ocr", "danet"]
     assert names["losses"] == ["ce", "ohem", "focal", "ce_mfb", "ce_cutmix", "ce_copy_paste"]
     assert names["merges"] == ["single", "attention", "hierarchical"]
     paste = next(e for e in compare.suite_experiments("losses", base) if e.name == "ce_copy_paste")

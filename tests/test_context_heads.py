@@ -385,3 +385,44 @@ def test_hrnet_v1_heads_use_the_top_branch(arch):
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         assert v1.eval()(x)["out"].shape == v2.eval()(x)["out"].shape == (2, k, 17, 17)
+
+
+# ---------------------------------------------------------------- DANet
+
+
+def test_danet_count_and_outputs(features):
+    from contextseg.models.heads import DANetHead
+    c, k, m = 2048, 11, 512
+    pam = 2 * conv(1, m, m // 8, bias=True) + conv(1, m, m, bias=True) + 1
+    expected = 2 * cbr(3, c, m) + pam + 1 + 2 * cbr(3, m, m) + 3 * conv(1, m, k, bias=True)
+    assert n_params(DANetHead(RESNET_WIDTHS, k)) == expected  # 23.93M without classifiers: the OCR paper's 1110 GFLOPs
+    body, feats = features["r50_os8"]
+    head = HEADS.get("danet")(body, 5)
+    out = head.train()(feats)
+    assert set(out) == {"out", "pam", "cam"} and all(v.shape == (2, 5, 9, 9) for v in out.values())
+    with torch.no_grad():
+        assert set(head.eval()(feats)) == {"out"}
+    model = create_model("danet", backbone=HR_SMALL, num_classes=3)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, SIZE, SIZE))["out"].shape == (1, 3, 17, 17)
+        assert model.eval()(torch.randn(1, 3, SIZE, SIZE), return_feat=True)["feat"].shape == (1, 512, 17, 17)
+
+
+def test_dual_attention_blocks():
+    from contextseg.models.attention import ChannelAttention, PositionAttention
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 5, 6)
+    pam, cam = PositionAttention(16), ChannelAttention()
+    assert torch.equal(pam(x), x) and torch.equal(cam(x), x)  # gamma starts at 0: the identity
+    with torch.no_grad():
+        pam.gamma.fill_(0.5)
+        cam.gamma.fill_(0.5)
+    q = pam.query_conv(x).flatten(2).transpose(1, 2)
+    s = torch.softmax(q @ pam.key_conv(x).flatten(2), dim=-1)  # (B, N, N), rows sum to one
+    v = pam.value_conv(x).flatten(2)
+    torch.testing.assert_close(pam(x), 0.5 * (v @ s.transpose(1, 2)).view_as(x) + x)
+    a = x.flatten(2)
+    e = a @ a.transpose(1, 2)
+    torch.testing.assert_close(cam(x), 0.5 * (torch.softmax(-e, dim=-1) @ a).view_as(x) + x)  # max(e) - e == -e + c
+    with pytest.raises(ContextSegError, match="channels >= 8"):
+        PositionAttention(4)

@@ -94,3 +94,57 @@ class NonLocal2d(nn.Module):
         sim = F.softmax(upcast(sim), dim=-1).to(g.dtype)
         y = torch.matmul(sim, g).transpose(1, 2).reshape(b, self.inter_channels, h, w)  # (B, C', H, W)
         return x + self.conv_out(y)
+
+
+class PositionAttention(nn.Module):
+    """DANet position attention module (Fu et al. 2019, "Dual Attention Network for Scene Segmentation", Sec. 3.2,
+    Eqs. 1-2; official ``PAM_Module``): (B, C, H, W) -> (B, C, H, W).
+
+        q = W_q x, k = W_k x        1x1 convs with bias, C -> C/8           (B, N, C/8), (B, C/8, N), N = HW
+        v = W_v x                   1x1 conv with bias, C -> C              (B, C, N)
+        s = softmax_j(q_i . k_j)    no scaling                              (B, N, N)
+        E = gamma * (v s^T) + x     gamma a learnable scalar, starting at 0 (the block starts as the identity)
+
+    Memory is O(N^2) per image, as the non-local block. Parameters: 2 * (C * C/8 + C/8) + C * C + C + 1.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        if channels < 8:
+            raise ContextSegError(f"PositionAttention needs channels >= 8 (query/key width C/8), got {channels}")
+        self.query_conv = nn.Conv2d(channels, channels // 8, 1)
+        self.key_conv = nn.Conv2d(channels, channels // 8, 1)
+        self.value_conv = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q = self.query_conv(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
+        k = self.key_conv(x).flatten(2)  # (B, C/8, N)
+        attn = F.softmax(upcast(torch.matmul(q, k)), dim=-1)  # (B, N, N)
+        v = self.value_conv(x).flatten(2)  # (B, C, N)
+        out = torch.matmul(v, attn.to(v.dtype).transpose(1, 2)).reshape(b, c, h, w)
+        return self.gamma * out + x
+
+
+class ChannelAttention(nn.Module):
+    """DANet channel attention module (Fu et al. 2019, Sec. 3.3, Eqs. 3-4; official ``CAM_Module``):
+    (B, C, H, W) -> (B, C, H, W), no parameters but gamma.
+
+        a = x reshaped                          (B, C, N)
+        e = a a^T                               (B, C, C)   channel affinities
+        s = softmax_j(max_j(e_i) - e_ij)        (B, C, C)   the official code's form (= softmax_j(-e_ij): it favours
+                                                            dissimilar channels; the paper's Eq. 3 writes exp(e_ij))
+        E = gamma * (s a) + x                   gamma a learnable scalar, starting at 0
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        a = x.flatten(2)  # (B, C, N)
+        energy = upcast(torch.matmul(a, a.transpose(1, 2)))  # (B, C, C)
+        attn = F.softmax(energy.amax(dim=-1, keepdim=True) - energy, dim=-1).to(a.dtype)
+        return self.gamma * torch.matmul(attn, a).reshape(b, c, h, w) + x

@@ -49,7 +49,7 @@ def _gradcheck_module(module: nn.Module, inputs: Sequence[Tensor], output: Calla
 
 def gradcheck_cases() -> dict[str, Callable[[], None]]:
     """Name -> a function that runs one gradcheck (raises on a mismatch). Tiny sizes: all run in about a second."""
-    from ...models.attention import NonLocal2d, SEBlock
+    from ...models.attention import ChannelAttention, NonLocal2d, PositionAttention, SEBlock
     from ...models.heads.ocr import ObjectAttentionBlock, SpatialGather, SpatialOCR
     from ...models.multiscale import MultiScale, hierarchical_weights
 
@@ -60,6 +60,10 @@ def gradcheck_cases() -> dict[str, Callable[[], None]]:
                 bn.bias.data.uniform_(-0.5, 0.5)
                 bn.running_mean.uniform_(-0.2, 0.2)
                 bn.running_var.uniform_(0.5, 1.5)
+        return m
+
+    def with_gamma(m: nn.Module) -> nn.Module:  # DANet's blocks start as the identity (gamma 0): open the path
+        m.gamma.data.fill_(0.7)
         return m
 
     def ms_case(merge: str):
@@ -87,6 +91,8 @@ def gradcheck_cases() -> dict[str, Callable[[], None]]:
         "ocr.SpatialOCR": case(lambda: SpatialOCR(4, 3, 4), (1, 4, 3, 3), (1, 4, 2, 1)),
         "attention.SEBlock": case(lambda: SEBlock(4, reduction=2), (2, 4, 3, 3)),
         "attention.NonLocal2d": case(lambda: NonLocal2d(4, reduction=2), (1, 4, 3, 3)),
+        "attention.PositionAttention": case(lambda: with_gamma(PositionAttention(8)), (1, 8, 3, 3)),
+        "attention.ChannelAttention": case(lambda: with_gamma(ChannelAttention()), (1, 4, 3, 3)),
         "multiscale.hierarchical_weights": hier,
         "multiscale.MultiScale[avg]": ms_case("avg"),
         "multiscale.MultiScale[max]": ms_case("max"),

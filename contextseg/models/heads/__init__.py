@@ -1,7 +1,9 @@
 """Heads: ``head(list of feature maps) -> {"out": logits, ["aux": logits]}``, registered in ``HEADS`` by arch name."""
 from .aspp import ASPPHead
 from .aspp_l import ASPPLHead
+from .aux import AuxFCNHead
 from .common import FeatureAdapter
+from .danet import DANetHead
 from .fcn import HRNetV2Head
 from .fcn8s import FCN8sHead
 from .largefov import LargeFOVHead
@@ -12,4 +14,5 @@ from .psp import PSPHead
 __all__ = [
     "HRNetV2Head", "OCRHead", "SpatialGather", "SpatialOCR", "ObjectAttentionBlock",
     "FeatureAdapter", "FCN8sHead", "PSPHead", "ASPPHead", "ASPPLHead", "LargeFOVHead", "NonLocalHead",
+    "DANetHead", "AuxFCNHead",
 ]

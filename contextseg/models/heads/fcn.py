@@ -28,11 +28,12 @@ class HRNetV2Head(nn.Module):
 
     feat_module = "last_layer.3"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int | Sequence[int] = (0, 1, 2, 3)):
+    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int | Sequence[int] | None = None):
         super().__init__()
         self.in_channels = list(in_channels)
         self.num_classes = num_classes
-        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
+        index = list(range(len(self.in_channels))) if in_index is None else in_index  # None: all maps (HRNetV2)
+        self.inputs = FeatureAdapter(in_channels, index, head=type(self).__name__)
         c = self.inputs.out_channels
         self.last_layer = nn.Sequential(
             nn.Conv2d(c, c, kernel_size=1),

@@ -132,12 +132,13 @@ class OCRHead(nn.Module):
         mid_channels: int = 512,
         key_channels: int = 256,
         dropout: float = 0.05,
-        in_index: int | Sequence[int] = (0, 1, 2, 3),
+        in_index: int | Sequence[int] | None = None,
     ):
         super().__init__()
         self.in_channels = list(in_channels)
         self.num_classes = num_classes
-        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
+        index = list(range(len(self.in_channels))) if in_index is None else in_index  # None: all maps (HRNetV2)
+        self.inputs = FeatureAdapter(in_channels, index, head=type(self).__name__)
         c = self.inputs.out_channels
         self.conv3x3_ocr = nn.Sequential(*conv_bn_relu(c, mid_channels, kernel_size=3, bias=True))
         self.ocr_gather_head = SpatialGather()
