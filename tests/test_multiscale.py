@@ -219,6 +219,15 @@ def test_ocr_model_training_outputs_and_rebuild():
         create_model("fcn", backbone="hrnetv2_w18_small_v1", num_classes=K, multiscale={"scale": [1.0]})
 
 
+def test_every_training_output_of_the_model_is_merged():
+    torch.manual_seed(0)
+    model = create_model("danet", backbone="hrnetv2_w18_small_v1", num_classes=K, channels=16,
+                         multiscale={"scales": [0.5, 1.0], "merge": "hierarchical", "attention_channels": 8})
+    out = model.train()(torch.randn(2, 3, 32, 32))
+    assert set(out) == {"out", "pam", "cam", "out_s0.5", "out_s1.0", "scale_weights"}
+    assert all(v.shape[-2:] == (8, 8) for v in out.values())
+
+
 def test_segmentor_feat_is_the_classifier_input():
     torch.manual_seed(0)
     model = create_model("fcn", backbone="hrnetv2_w18_small_v1", num_classes=K).eval()

@@ -192,7 +192,8 @@ class MultiScale(nn.Module):
     In training mode the output holds what a loss needs for the extra supervision both papers use:
 
         "out"            merged logits                                    (B, K, h, w)
-        "aux"            the model's "aux" merged with the same rule/weights (when the model has one, e.g. OCR)
+        "aux", ...       the model's other training logits ("aux" of OCR or an aux head, DANet's "pam" and "cam"),
+                         each merged with the same rule/weights
         "out_s0.5", ...  each scale's own logits, resized to (h, w)       (names from ``scale_key``)
         "scale_weights"  (attention merges)                               (B, S, h, w)
 
@@ -387,8 +388,9 @@ class MultiScale(nn.Module):
         if weights is not None:
             result["scale_weights"] = weights
         if self.training:
-            if all("aux" in level for level in levels):
-                result["aux"] = self._merge([_resize(upcast(level["aux"]), size) for level in levels], weights, alphas)
+            extra = [k for k in levels[0] if k not in ("out", "feat", "alpha") and all(k in lv for lv in levels)]
+            for key in extra:  # the model's other logits: OCR's "aux", DANet's "pam" and "cam", an aux head's "aux"
+                result[key] = self._merge([_resize(upcast(lv[key]), size) for lv in levels], weights, alphas)
             for s, p in zip(self.scales, logits):
                 result[scale_key(s)] = p
         return result
