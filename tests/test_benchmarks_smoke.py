@@ -56,3 +56,13 @@ def test_memory_measurement_runs():
     result = cm.measure("ocr", "mem", 16, (8, 8), grad_memory=True)
     assert result["cpu_act_mb"] >= 0 and result["cpu_act_mb_grad"] >= 0
     assert torch.is_grad_enabled()
+
+
+def test_camvid_examples_names_and_header():
+    spec = importlib.util.spec_from_file_location("camvid_examples", SCRIPT.parent / "camvid_examples.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    assert ex.named("OCR=runs/a/best.pt") == ("OCR", "runs/a/best.pt")
+    assert ex.named("runs/compare/heads/psp/last.pt") == ("psp", "runs/compare/heads/psp/last.pt")
+    strip = ex.header(["image", "ground truth", "psp"], width=100)
+    assert strip.shape == (40, 300, 3) and (strip < 128).any()  # white, with dark text
