@@ -25,6 +25,8 @@ class ModelConfig:
     num_classes: int | None = None  # None: taken from the dataset
     in_channels: int = 3
     kwargs: dict = field(default_factory=dict)  # extra head/backbone arguments, e.g. {output_stride: 16}
+    pretrained: str | None = None  # a local official weights file (HRNet seg / ImageNet, torchvision ResNet)
+    pretrained_parts: str = "auto"  # "auto": backbone and, when the file has one, head; "backbone": backbone only
 
 
 @dataclass

@@ -15,6 +15,7 @@ from ..losses import build_loss_for
 from ..metrics import format_table
 from ..models import create_model
 from ..models.ensemble import Ensemble
+from ..models.official import load_official_weights
 from ..models.multiscale import configure_inference, inference_spec
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, load_state_dict_checked
@@ -40,7 +41,14 @@ def build_model_for(cfg: Config, num_classes: int):
     if m.num_classes is not None and m.num_classes != num_classes:
         raise ContextSegError(f"model.num_classes={m.num_classes} but dataset {cfg.data.dataset!r} has {num_classes} "
                               f"classes; remove model.num_classes or set it to {num_classes}")
-    return create_model(m.arch, backbone=m.backbone, num_classes=num_classes, in_channels=m.in_channels, **m.kwargs)
+    model = create_model(m.arch, backbone=m.backbone, num_classes=num_classes, in_channels=m.in_channels, **m.kwargs)
+    if m.pretrained:
+        if m.pretrained_parts not in ("auto", "backbone"):
+            raise ContextSegError(f"model.pretrained_parts must be 'auto' or 'backbone', got {m.pretrained_parts!r}")
+        parts = load_official_weights(model, m.pretrained, backbone_only=m.pretrained_parts == "backbone")
+        if dist_utils.is_main():
+            print(f"loaded {parts} weights from {m.pretrained}")
+    return model
 
 
 def eval_loader(dataset, cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
