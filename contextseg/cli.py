@@ -1,4 +1,4 @@
-"""`contextseg train|eval|predict|doctor|models` (bench and export arrive with their issues)."""
+"""`contextseg train|eval|predict|bench|export|doctor|models`."""
 from __future__ import annotations
 
 import argparse
@@ -65,6 +65,35 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write each scale's attention weights as STEM_attn_sSCALE.png (attention merges)")
     _add_inference_options(r)
 
+    x = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch with onnxruntime")
+    x.add_argument("checkpoint", metavar="CKPT")
+    x.add_argument("--out", required=True, metavar="ONNX", help="the file to write, e.g. model.onnx")
+    x.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
+                   help="example input size the graph is traced at (default 512 512)")
+    x.add_argument("--output", choices=["logits", "labels"], default="logits",
+                   help="graph output: logits (B, K, H, W) or argmax labels (B, H, W) int64")
+    x.add_argument("--static", action="store_true", help="fixed batch 1 and --size (default: dynamic B, H, W)")
+    x.add_argument("--opset", type=int, default=18)
+    x.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto")
+    x.add_argument("--scales", type=float, nargs="+", metavar="S", help="export a test-time pyramid too")
+    x.add_argument("--merge", choices=["avg", "max", "attention", "hierarchical"])
+    x.add_argument("--flip", action="store_true", help="export flip averaging too")
+
+    b = sub.add_parser("bench", help="inference latency of a checkpoint or a model in fp32 / bf16 / fp16 / "
+                                     "BN-fused / onnxruntime")
+    b.add_argument("model", metavar="CKPT_OR_ARCH:BACKBONE",
+                   help="a checkpoint (.pt or .onnx is not needed: the onnx mode exports it), or e.g. "
+                        "ocr:hrnetv2_w18_small_v2 for a freshly initialised model")
+    b.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--num-classes", type=int, default=19, help="for ARCH:BACKBONE (default 19)")
+    b.add_argument("--repeats", type=int, default=10)
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--modes", nargs="+", metavar="MODE",
+                   help="fp32 bf16 fp16 fused onnx (default: those this machine can run)")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--out", metavar="JSON", help="also write the rows as JSON")
+
     sub.add_parser("models", help="list model architectures and backbones")
 
     d = sub.add_parser("doctor", help="babysitting checks before a long run (init loss, overfit one batch, lr range "
@@ -105,6 +134,16 @@ def _run(args) -> int:
         print("architectures:", ", ".join(list_models()))
         print("backbones:    ", ", ".join(list_backbones()))
         return 0
+    if args.command == "export":
+        from .export import export_onnx
+
+        report = export_onnx(args.checkpoint, args.out, size=args.size, output=args.output, dynamic=not args.static,
+                             opset=args.opset, exporter=args.exporter, scales=args.scales, merge=args.merge,
+                             flip=args.flip)
+        print(report.summary())
+        return 0
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "predict":
         from .engine.predictor import Predictor
 
@@ -152,3 +191,30 @@ def _run(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _bench(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .engine.bench import benchmark
+    from .engine.checkpoint import load_model
+    from .models import create_model
+
+    if Path(args.model).suffix.lower() in (".pt", ".pth") or Path(args.model).is_file():
+        model = load_model(args.model)
+    elif ":" in args.model:
+        arch, backbone = args.model.split(":", 1)
+        model = create_model(arch, backbone=backbone, num_classes=args.num_classes)
+    else:
+        raise ContextSegError(f"{args.model!r} is neither a checkpoint file nor ARCH:BACKBONE (e.g. "
+                              f"ocr:hrnetv2_w18_small_v2; `contextseg models` lists the names)")
+    if args.batch < 1 or args.repeats < 1:
+        raise ContextSegError("--batch and --repeats must be >= 1")
+    print(f"{args.model}: batch {args.batch} x {args.size[0]}x{args.size[1]}, median of {args.repeats} runs")
+    rows = benchmark(model, size=args.size, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
+                     modes=args.modes, device=args.device)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"model": args.model, "rows": rows}, indent=2))
+    return 0

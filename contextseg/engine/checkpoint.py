@@ -94,8 +94,14 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict, source: str = "
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a model from a contextseg checkpoint alone and load its weights (eval mode)."""
+    """Rebuild a model from a contextseg checkpoint alone and load its weights (eval mode). An ``.onnx`` file
+    (``contextseg export``) gives an ``OnnxModel``: onnxruntime behind the same contract, on the CPU."""
     from ..models import create_model
+
+    if Path(path).suffix.lower() == ".onnx":
+        from ..export import OnnxModel
+
+        return OnnxModel(path)
 
     ckpt = load_checkpoint(path)
     if "model_args" not in ckpt:

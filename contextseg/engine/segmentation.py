@@ -18,7 +18,7 @@ from ..models.ensemble import Ensemble
 from ..models.official import load_official_weights
 from ..models.multiscale import configure_inference, inference_spec
 from . import distributed as dist_utils
-from .checkpoint import load_checkpoint, load_state_dict_checked
+from .checkpoint import load_checkpoint, load_model, load_state_dict_checked
 from .evaluator import evaluate
 from .runtime import ShardSampler, seed_everything, select_device
 from .trainer import Trainer
@@ -103,13 +103,17 @@ def _train(cfg: Config, resume, progress: bool, stop_at) -> dict:
 
 
 def _load_for_eval(cfg: Config, checkpoint: str, val_set):
-    ckpt = load_checkpoint(checkpoint)
-    args = ckpt.get("model_args") or {}
-    model = create_model(**args) if args else build_model_for(cfg, val_set.num_classes)
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        model = load_model(checkpoint)
+    else:
+        ckpt = load_checkpoint(checkpoint)
+        args = ckpt.get("model_args") or {}
+        model = create_model(**args) if args else build_model_for(cfg, val_set.num_classes)
     if model.num_classes != val_set.num_classes:
         raise ContextSegError(f"checkpoint {checkpoint!r} predicts {model.num_classes} classes but dataset "
                               f"{cfg.data.dataset!r} has {val_set.num_classes}; evaluate it on the data it was trained for")
-    load_state_dict_checked(model, ckpt["model"], source=f"checkpoint {checkpoint!r}")
+    if Path(checkpoint).suffix.lower() != ".onnx":
+        load_state_dict_checked(model, ckpt["model"], source=f"checkpoint {checkpoint!r}")
     return model
 
 

@@ -1,0 +1,227 @@
+"""ONNX export of a segmentation model and an onnxruntime predictor with the ``Predictor`` interface.
+
+    from contextseg.export import export_onnx, OnnxPredictor
+    report = export_onnx("runs/camvid/best.pt", "model.onnx", size=(360, 480))   # checks ORT against PyTorch
+    label = OnnxPredictor("model.onnx").predict(image)                          # (H, W) from (H, W, 3) uint8
+    contextseg eval CFG --checkpoint model.onnx        # the ONNX model's val mIoU (OnnxModel behind the contract)
+
+The graph: input ``image`` (B, 3, H, W) float32, normalised as in training (ImageNet mean/std on 0..1 pixels,
+stored in the model's metadata); output ``logits`` (B, K, H, W) float32 at the input size (the model's stride-4 or
+stride-8 logits upsampled bilinearly, as ``Predictor`` does), or ``labels`` (B, H, W) int64 with ``output="labels"``.
+Batch, height and width are dynamic unless ``dynamic=False``. Metadata (``onnx.ModelProto.metadata_props``):
+classes, palette, mean, std, output, the model's create_model arguments.
+
+Needs the ``export`` extra: ``pip install onnx onnxruntime onnxscript``. torch's dynamo exporter is tried first;
+the TorchScript exporter is the fallback (``exporter="torchscript"`` to choose it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data.transforms import MEAN, STD
+from .engine.checkpoint import load_model
+from .engine.predictor import Predictor
+from .errors import ContextSegError
+from .models.multiscale import configure_inference
+from .visualize import default_palette
+
+OUTPUTS = ("logits", "labels")
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ContextSegError(f"{module} is not installed; install the export extra: "
+                              f"pip install onnx onnxruntime onnxscript (or pip install -e '.[export]')") from None
+
+
+class DeployModel(nn.Module):
+    """(B, 3, H, W) normalised image -> logits (B, K, H, W) at the input size, or labels (B, H, W) int64."""
+
+    def __init__(self, model: nn.Module, output: str = "logits"):
+        super().__init__()
+        if output not in OUTPUTS:
+            raise ContextSegError(f"unknown export output {output!r}; choose one of {', '.join(OUTPUTS)}")
+        self.model, self.output = model, output
+
+    def forward(self, image: Tensor) -> Tensor:
+        logits = self.model(image)["out"]
+        logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.argmax(1) if self.output == "labels" else logits
+
+
+@dataclass
+class ExportReport:
+    path: str
+    exporter: str
+    seconds: float
+    megabytes: float
+    max_abs_diff: float  # ORT vs PyTorch logits (or mismatching label share for output="labels")
+    label_agreement: float  # share of pixels whose argmax agrees
+    checked_sizes: list
+
+    def summary(self) -> str:
+        return (f"exported {self.path} ({self.megabytes:.1f} MB, {self.exporter} exporter, {self.seconds:.1f} s); "
+                f"onnxruntime vs PyTorch on {', '.join('x'.join(map(str, s)) for s in self.checked_sizes)}: "
+                f"max |diff| {self.max_abs_diff:.2e}, labels agree on {100 * self.label_agreement:.3f}% of pixels")
+
+
+def _export(module: nn.Module, example: Tensor, path: Path, dynamic: bool, opset: int, exporter: str) -> None:
+    out_name = module.output
+    axes = {0: "batch", 1: "height", 2: "width"} if out_name == "labels" else {0: "batch", 2: "height", 3: "width"}
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" and the like
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes
+            if exporter == "dynamo":
+                _require("onnxscript")
+                dims = ({0: torch.export.Dim("batch", min=1, max=256), 2: torch.export.Dim("height", min=16, max=8192),
+                         3: torch.export.Dim("width", min=16, max=8192)},) if dynamic else None
+                program = torch.onnx.export(module, (example,), dynamo=True, input_names=["image"],
+                                            output_names=[out_name], dynamic_shapes=dims, opset_version=opset,
+                                            verbose=False)
+                program.save(str(path))
+            else:
+                torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=["image"],
+                                  output_names=[out_name], opset_version=opset,
+                                  dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, out_name: axes}
+                                  if dynamic else None)
+    finally:
+        quiet.setLevel(level)
+
+
+def export_onnx(model, path: str | Path, size=(512, 512), output: str = "logits", dynamic: bool = True,
+                opset: int = 18, exporter: str = "auto", check_sizes=None, atol: float = 1e-3,
+                scales=None, merge=None, flip: bool = False) -> ExportReport:
+    """Export ``model`` (a checkpoint path or a model) to ONNX at ``path`` and check it with onnxruntime.
+
+    size: (H, W) of the example input (the size the graph is traced at; other sizes work when ``dynamic``).
+    exporter: "dynamo", "torchscript" or "auto" (dynamo, then TorchScript if dynamo fails).
+    check_sizes: input sizes compared between onnxruntime and PyTorch (default: ``size`` and, when dynamic, a
+        second odd size); a max |logit difference| above ``atol`` raises ContextSegError, the file is kept for
+        inspection. scales/merge/flip: export the test-time pyramid too (``configure_inference``).
+    The file is written atomically (temp file + rename). Returns an ExportReport.
+    """
+    onnx = _require("onnx")
+    ort = _require("onnxruntime")
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise ContextSegError(f"unknown exporter {exporter!r}; choose auto, dynamo or torchscript")
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    model = configure_inference(model, scales=scales, merge=merge, flip=flip).float().eval()
+    deploy = DeployModel(model, output).eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    size = tuple(int(s) for s in size)
+    example = torch.randn(2 if dynamic else 1, getattr(model, "in_channels", 3), *size)
+    start = time.perf_counter()
+    tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    errors = []
+    for name in tried:
+        try:
+            _export(deploy, example, tmp, dynamic, opset, name)
+            used = name
+            break
+        except ContextSegError:
+            raise
+        except Exception as exc:  # an exporter limitation: try the next one
+            errors.append(f"{name}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}")
+    else:
+        raise ContextSegError("ONNX export failed; " + " | ".join(errors))
+    seconds = time.perf_counter() - start
+    proto = onnx.load(str(tmp))
+    meta = {
+        "classes": json.dumps(getattr(model, "classes", None) or [str(k) for k in range(model.num_classes)]),
+        "palette": json.dumps([list(map(int, c)) for c in (getattr(model, "palette", None)
+                                                           or default_palette(model.num_classes))]),
+        "mean": json.dumps(list(MEAN)), "std": json.dumps(list(STD)), "output": output,
+        "model_args": json.dumps(getattr(model, "init_args", {}), default=str), "producer": "contextseg",
+    }
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sizes = [tuple(s) for s in check_sizes] if check_sizes else [size] + ([(size[0] + 33, size[1] - 15)] if dynamic
+                                                                           else [])
+    worst, agree, pixels = 0.0, 0, 0
+    for s in sizes:
+        x = torch.randn(1, example.shape[1], *s)
+        with torch.no_grad():
+            ref = deploy(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise ContextSegError(f"ONNX output shape {got.shape} differs from PyTorch {ref.shape} at input {s}")
+        if output == "labels":
+            worst = max(worst, float((got != ref).mean()))
+            agree += int((got == ref).sum())
+        else:
+            worst = max(worst, float(np.abs(got - ref).max()))
+            agree += int((got.argmax(1) == ref.argmax(1)).sum())
+        pixels += int(np.prod(s))
+    report = ExportReport(str(path), used, seconds, path.stat().st_size / 2**20, worst, agree / pixels,
+                          [list(s) for s in sizes])
+    if output == "logits" and worst > atol:
+        raise ContextSegError(f"the ONNX model differs from PyTorch by up to {worst:.3g} (> atol {atol}); "
+                              f"{path} is kept for inspection: try exporter='torchscript' or another opset")
+    return report
+
+
+class OnnxModel(nn.Module):
+    """An exported ONNX file run by onnxruntime behind the model contract: (B, 3, H, W) normalised float batch ->
+    {"out": (B, K, H, W)} logits at the input size. So ``Predictor``, ``contextseg eval`` and ``contextseg predict``
+    take ``.onnx`` files as they take checkpoints. Classes and palette come from the file's metadata; no parameters
+    (``.to()`` and ``.eval()`` are no-ops; inference runs on onnxruntime's CPU provider unless ``providers``)."""
+
+    def __init__(self, path: str | Path, providers=None, threads: int | None = None):
+        super().__init__()
+        ort = _require("onnxruntime")
+        path = Path(path)
+        if not path.is_file():
+            raise ContextSegError(f"ONNX file {str(path)!r} not found; write one with `contextseg export CHECKPOINT`")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("output", "logits") != "logits":
+            raise ContextSegError(f"{str(path)!r} was exported with output={meta['output']!r}; evaluation and "
+                                  f"prediction need logits: export again with --output logits")
+        if json.loads(meta.get("mean", "null")) not in (None, list(MEAN)) or \
+                json.loads(meta.get("std", "null")) not in (None, list(STD)):
+            raise ContextSegError(f"{str(path)!r} expects another normalisation ({meta['mean']}, {meta['std']}) "
+                                  f"than contextseg's data pipeline")
+        shape = self.session.get_inputs()[0].shape
+        self.in_channels = shape[1] if isinstance(shape[1], int) else 3
+        self.classes = json.loads(meta["classes"]) if "classes" in meta else None
+        self.palette = json.loads(meta["palette"]) if "palette" in meta else None
+        out_channels = self.session.get_outputs()[0].shape[1]
+        self.num_classes = len(self.classes) if self.classes else int(out_channels)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        logits = self.session.run(None, {"image": x.detach().float().cpu().contiguous().numpy()})[0]
+        return {"out": torch.from_numpy(logits).to(x.device)}
+
+
+def OnnxPredictor(path: str | Path, providers=None, threads: int | None = None) -> Predictor:  # noqa: N802
+    """``Predictor`` on an exported ONNX file: ``predict``, ``predict_proba``, ``predict_files``."""
+    return Predictor(OnnxModel(path, providers, threads), device="cpu")
+
+
+__all__ = ["export_onnx", "OnnxModel", "OnnxPredictor", "DeployModel", "ExportReport"]
