@@ -12,6 +12,7 @@ from fp32 (what the mode costs in accuracy).
 """
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -31,14 +32,8 @@ def default_modes(device: torch.device) -> list[str]:
     modes = ["fp32", "bf16", "fused"]
     if device.type == "cuda":
         modes.insert(2, "fp16")
-    try:
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-
-        if device.type == "cpu":
-            modes.append("onnx")
-    except ImportError:
-        pass
+    if device.type == "cpu" and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript")):
+        modes.append("onnx")
     return modes
 
 
