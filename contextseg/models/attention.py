@@ -148,3 +148,34 @@ class ChannelAttention(nn.Module):
         energy = upcast(torch.matmul(a, a.transpose(1, 2)))  # (B, C, C)
         attn = F.softmax(energy.amax(dim=-1, keepdim=True) - energy, dim=-1).to(a.dtype)
         return self.gamma * torch.matmul(attn, a).reshape(b, c, h, w) + x
+
+
+class SpatialAttention(nn.Module):
+    """PFA spatial attention (Zhao & Wu 2019, "Pyramid Feature Attention Network for Saliency Detection",
+    Sec. 3.3, Eqs. 3-4; official Keras ``SpatialAttention``): a per-pixel weight from high-level features, used
+    to re-weight low-level ones. (B, C, H, W) -> (B, 1, H, W) in (0, 1).
+
+        C1 = g(conv_kx1(g(conv_1xk(f))))     conv_1xk: C -> C/2, conv_kx1: C/2 -> 1, g = ReLU(BN(.))
+        C2 = g(conv_1xk(g(conv_kx1(f))))     the same with the two kernel shapes swapped
+        SA = sigmoid(C1 + C2)
+
+    k = 9; the separable 1 x k / k x 1 pairs give a k x k receptive field cheaply. Convs with bias (Keras default).
+    Parameters: 2 * [(k*C*C/2 + C/2) + C + (k*C/2 + 1) + 2].
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 9):
+        super().__init__()
+        if channels < 2 or kernel_size % 2 == 0:
+            raise ContextSegError(f"SpatialAttention needs channels >= 2 and an odd kernel_size, got {channels} and "
+                                  f"{kernel_size}")
+        half, k, p = channels // 2, kernel_size, kernel_size // 2
+
+        def conv_bn_relu(c_in: int, c_out: int, shape: tuple[int, int]) -> list[nn.Module]:
+            pad = (p if shape[0] > 1 else 0, p if shape[1] > 1 else 0)
+            return [nn.Conv2d(c_in, c_out, shape, padding=pad), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+        self.branch1 = nn.Sequential(*conv_bn_relu(channels, half, (1, k)), *conv_bn_relu(half, 1, (k, 1)))
+        self.branch2 = nn.Sequential(*conv_bn_relu(channels, half, (k, 1)), *conv_bn_relu(half, 1, (1, k)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.branch1(x) + self.branch2(x))

@@ -49,7 +49,7 @@ def _gradcheck_module(module: nn.Module, inputs: Sequence[Tensor], output: Calla
 
 def gradcheck_cases() -> dict[str, Callable[[], None]]:
     """Name -> a function that runs one gradcheck (raises on a mismatch). Tiny sizes: all run in about a second."""
-    from ...models.attention import ChannelAttention, NonLocal2d, PositionAttention, SEBlock
+    from ...models.attention import ChannelAttention, NonLocal2d, PositionAttention, SEBlock, SpatialAttention
     from ...models.heads.ocr import ObjectAttentionBlock, SpatialGather, SpatialOCR
     from ...models.multiscale import MultiScale, hierarchical_weights
 
@@ -93,6 +93,7 @@ def gradcheck_cases() -> dict[str, Callable[[], None]]:
         "attention.NonLocal2d": case(lambda: NonLocal2d(4, reduction=2), (1, 4, 3, 3)),
         "attention.PositionAttention": case(lambda: with_gamma(PositionAttention(8)), (1, 8, 3, 3)),
         "attention.ChannelAttention": case(lambda: with_gamma(ChannelAttention()), (1, 4, 3, 3)),
+        "attention.SpatialAttention": case(lambda: SpatialAttention(4, kernel_size=3), (1, 4, 3, 3)),
         "multiscale.hierarchical_weights": hier,
         "multiscale.MultiScale[avg]": ms_case("avg"),
         "multiscale.MultiScale[max]": ms_case("max"),

@@ -1,5 +1,6 @@
 """Backbones: ``backbone(x) -> list of feature maps`` with ``out_channels`` and ``strides`` attributes."""
 from .hrnet import HRNET_CONFIGS, HRNet, StageCfg
 from .resnet import RESNET_LAYERS, ResNet
+from .vgg import VGG16
 
-__all__ = ["HRNet", "HRNET_CONFIGS", "StageCfg", "ResNet", "RESNET_LAYERS"]
+__all__ = ["HRNet", "HRNET_CONFIGS", "StageCfg", "ResNet", "RESNET_LAYERS", "VGG16"]

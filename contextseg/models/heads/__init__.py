@@ -10,9 +10,10 @@ from .largefov import LargeFOVHead
 from .nonlocal_head import NonLocalHead
 from .ocr import OCRHead, SpatialGather, SpatialOCR, ObjectAttentionBlock
 from .psp import PSPHead
+from .saliency import CPFE, PFAHead
 
 __all__ = [
     "HRNetV2Head", "OCRHead", "SpatialGather", "SpatialOCR", "ObjectAttentionBlock",
     "FeatureAdapter", "FCN8sHead", "PSPHead", "ASPPHead", "ASPPLHead", "LargeFOVHead", "NonLocalHead",
-    "DANetHead", "AuxFCNHead",
+    "DANetHead", "AuxFCNHead", "PFAHead", "CPFE",
 ]

@@ -1,0 +1,96 @@
+"""Pyramid Feature Attention head for salient object detection (Zhao & Wu 2019, "Pyramid Feature Attention Network
+for Saliency Detection", Fig. 2; layout of the official Keras ``model.py``): context-aware pyramid features with
+channel attention on the high-level maps (conv3_3 to conv5_3), spatial attention on the low-level ones (conv1_2,
+conv2_2) computed from the high-level result, fused into one saliency logit map at the input resolution.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...errors import ContextSegError
+from ...registry import HEADS
+from ..attention import SEBlock, SpatialAttention
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel_size: int) -> nn.Sequential:
+    """Conv (with bias, as Keras' default) + BN + ReLU, size kept."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+def _resize(x: Tensor, like: Tensor) -> Tensor:
+    return x if x.shape[-2:] == like.shape[-2:] else F.interpolate(x, size=like.shape[-2:], mode="bilinear",
+                                                                   align_corners=False)
+
+
+class CPFE(nn.Module):
+    """Context-aware pyramid feature extraction (Sec. 3.2, Fig. 3): a 1x1 conv and three 3x3 atrous convs (rates 3,
+    5, 7), ``width`` channels each, no bias, concatenated, BN + ReLU. (B, C, H, W) -> (B, 4 * width, H, W).
+    Parameters: 28 * C * width + 8 * width."""
+
+    def __init__(self, in_channels: int, width: int = 32, rates: Sequence[int] = (3, 5, 7)):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [nn.Conv2d(in_channels, width, 1, bias=False)]
+            + [nn.Conv2d(in_channels, width, 3, padding=r, dilation=r, bias=False) for r in rates]
+        )
+        self.bn = nn.BatchNorm2d(width * (len(rates) + 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn(torch.cat([b(x) for b in self.branches], dim=1)))
+
+
+class PFAHead(nn.Module):
+    """[conv1_2, conv2_2, conv3_3, conv4_3, conv5_3] (VGG-16, strides 1 to 16) -> {"out": (B, K, H, W)} logits at
+    the resolution of conv1_2 (the input's); K = 1 for saliency (sigmoid for the probability).
+
+        h   = concat[CPFE(conv3_3), up(CPFE(conv4_3)), up(CPFE(conv5_3))]     (B, 384, H/4, W/4)
+        h   = h * CA(h)                                                       CA: SE block, reduction 4 (Sec. 3.3)
+        h   = up(ReLU(BN(conv1x1(h))))                                        (B, 64, H, W)
+        l   = ReLU(BN(conv3x3(concat[g(conv3x3(conv1_2)), up(g(conv3x3(conv2_2)))])))   (B, 64, H, W)
+        l   = l * SA(h)                                                       SA: SpatialAttention, k = 9
+        out = conv3x3(concat[l, h]) + b                                       (B, K, H, W)
+
+    up = bilinear resize to the target map's exact size (align_corners=False; any input size works). The official
+    Keras code adds an L1 activity regulariser on the CA weights; it is not in the paper and not here.
+    """
+
+    feat_module = "fuse"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int = 1, width: int = 32, channels: int = 64):
+        super().__init__()
+        in_channels = list(in_channels)
+        if len(in_channels) != 5:
+            raise ContextSegError(f"PFAHead needs the five VGG-16 taps (conv1_2 ... conv5_3), got a backbone with "
+                                  f"{len(in_channels)} outputs; use backbone='vgg16'")
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.c1_conv = _conv_bn_relu(in_channels[0], channels, 3)
+        self.c2_conv = _conv_bn_relu(in_channels[1], channels, 3)
+        self.cpfe = nn.ModuleList(CPFE(c, width) for c in in_channels[2:])
+        high = 3 * 4 * width
+        self.channel_attention = SEBlock(high, reduction=4)
+        self.c345_conv = _conv_bn_relu(high, channels, 1)
+        self.spatial_attention = SpatialAttention(channels)
+        self.c12_conv = _conv_bn_relu(2 * channels, channels, 3)
+        self.fuse = nn.Conv2d(2 * channels, num_classes, 3, padding=1)
+
+    def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
+        if len(feats) != 5:
+            raise ContextSegError(f"PFAHead got {len(feats)} feature maps; it needs the five VGG-16 taps")
+        c1, c2, c3, c4, c5 = feats
+        pyramid = [cpfe(f) for cpfe, f in zip(self.cpfe, (c3, c4, c5))]
+        high = torch.cat([pyramid[0]] + [_resize(p, pyramid[0]) for p in pyramid[1:]], dim=1)
+        high = _resize(self.c345_conv(self.channel_attention(high)), c1)
+        low = torch.cat([self.c1_conv(c1), _resize(self.c2_conv(c2), c1)], dim=1)
+        low = self.c12_conv(low) * self.spatial_attention(high)
+        return {"out": self.fuse(torch.cat([low, high], dim=1))}
+
+
+@HEADS.register("pfa")
+def build_pfa(backbone: nn.Module, num_classes: int, width: int = 32, channels: int = 64) -> PFAHead:
+    """"pfa": Pyramid Feature Attention saliency head on VGG-16 (num_classes=1: one saliency logit per pixel)."""
+    return PFAHead(backbone.out_channels, num_classes, width, channels)
