@@ -346,3 +346,6 @@ def build_loss_for(cfg, dataset, progress: bool = True) -> OutputsLoss:
     ignore_index = getattr(dataset, "ignore_index", 255)
     kwargs = resolve_loss_kwargs(cfg.loss.kwargs, dataset, getattr(dataset, "num_classes", None), ignore_index, progress)
     return build_loss(cfg.loss.name, cfg.loss.weights, ignore_index=ignore_index, **kwargs)
+
+
+from . import saliency_loss  # noqa: E402,F401  (registers "edge_hold", the saliency loss)

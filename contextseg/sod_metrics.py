@@ -251,6 +251,17 @@ class SODMetrics:
                            ("w_f", weighted_fmeasure(pred, gt))):
             self._scores[key].append(value)
 
+    @classmethod
+    def merged(cls, parts: list["SODMetrics"]) -> "SODMetrics":
+        """One accumulator holding the images of all ``parts`` (e.g. the shards of a distributed evaluation)."""
+        out = cls(parts[0].normalize if parts else True)
+        for part in parts:
+            for key in out._scores:
+                out._scores[key] += part._scores[key]
+            for key in out._curves:
+                out._curves[key] += part._curves[key]
+        return out
+
     def _check(self) -> None:
         if not len(self):
             raise ContextSegError("SOD metrics: no image was added; call update(pred, gt) before compute()")

@@ -58,8 +58,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(jsonl_path: str | Path, png_path: str | Path) -> None:
-    """Training loss and learning rate against step, and validation mIoU, into one PNG."""
+def plot_curves(jsonl_path: str | Path, png_path: str | Path, key_metric: str = "mIoU") -> None:
+    """Training loss and learning rate against step, and the validation ``key_metric``, into one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,8 +76,8 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path) -> None:
         axes[1].plot(steps, [r["lr"] for r in train], lw=1)
         axes[1].set(title="learning rate", xlabel="step")
     if val:
-        axes[2].plot([r["step"] for r in val], [100 * r["mIoU"] for r in val], marker="o")
-        axes[2].set(title="validation mIoU (%)", xlabel="step")
+        axes[2].plot([r["step"] for r in val], [100 * r.get(key_metric, float("nan")) for r in val], marker="o")
+        axes[2].set(title=f"validation {key_metric} (%)", xlabel="step")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()

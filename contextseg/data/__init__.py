@@ -1,4 +1,5 @@
-"""Datasets, transforms, batch mixes and readers; importing this registers "camvid", "folder" and "synthetic"."""
+"""Datasets, transforms, batch mixes and readers; importing this registers "camvid", "folder",
+"synthetic", "ecssd" and "saliency_folder"."""
 from .datasets import (
     CAMVID_CLASSES,
     CAMVID_PALETTE,
@@ -15,6 +16,7 @@ from .datasets import (
     voc_palette,
 )
 from .mix import BatchMix, build_batch_mix, copy_paste, cutmix
+from .saliency import SaliencyFolder
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticScenes, render_scene, write_synthetic_folder
 from .transforms import MEAN, STD, SegTransform, denormalize, eval_transform, mask_to_tensor, to_tensor, train_transform
 
@@ -24,4 +26,5 @@ __all__ = [
     "voc_palette", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "SyntheticScenes", "render_scene",
     "write_synthetic_folder", "MEAN", "STD", "SegTransform", "denormalize", "eval_transform",
     "mask_to_tensor", "to_tensor", "train_transform", "BatchMix", "build_batch_mix", "copy_paste", "cutmix",
+    "SaliencyFolder",
 ]

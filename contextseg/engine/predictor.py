@@ -61,8 +61,9 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.amp = amp
         self.num_classes = model.num_classes
-        self.classes = classes or getattr(model, "classes", None) or [str(k) for k in range(self.num_classes)]
-        self.palette = [tuple(c) for c in (palette or getattr(model, "palette", None) or default_palette(self.num_classes))]
+        labels = 2 if self.num_classes == 1 else self.num_classes  # a one-logit saliency model labels 0 / 1
+        self.classes = classes or getattr(model, "classes", None) or [str(k) for k in range(labels)]
+        self.palette = [tuple(c) for c in (palette or getattr(model, "palette", None) or default_palette(labels))]
         self.transform = eval_transform()
 
     @property
@@ -83,7 +84,11 @@ class Predictor:
             out = self.model(x)
         size = image.shape[:2]
         logits = F.interpolate(out["out"].float(), size=size, mode="bilinear", align_corners=False)
-        result = {"probs": logits.softmax(1)[0].cpu()}
+        if logits.shape[1] == 1:  # a saliency model: one logit, probabilities of (background, salient)
+            p = torch.sigmoid(logits)
+            result = {"probs": torch.cat([1 - p, p], dim=1)[0].cpu()}
+        else:
+            result = {"probs": logits.softmax(1)[0].cpu()}
         if "scale_weights" in out:
             weights = F.interpolate(out["scale_weights"].float(), size=size, mode="bilinear", align_corners=False)
             result["scale_weights"] = weights[0].cpu()
@@ -97,7 +102,8 @@ class Predictor:
 
     def predict_files(self, inputs, out_dir: str | Path, alpha: float = 0.5, progress: bool = True,
                       save_attention: bool = False) -> list[Path]:
-        """For each image write STEM.png (class indices), STEM_color.png and STEM_overlay.jpg into out_dir; with
+        """For each image write STEM.png (class indices), STEM_color.png and STEM_overlay.jpg into out_dir (and for a
+        saliency model STEM_saliency.png, the probability x 255); with
         ``save_attention``, also STEM_attn_s0.5.png, ... : each scale's weight map as a heatmap (viridis, 0 to 1)."""
         if save_attention and isinstance(self.model, Ensemble):
             raise ContextSegError("--save-attention takes one checkpoint; an ensemble has one attention map per "
@@ -118,6 +124,9 @@ class Predictor:
                 for scale, weights in zip(self.scales, outputs["scale_weights"].numpy()):
                     Image.fromarray(heatmap(weights)).save(out_dir / f"{path.stem}_attn_s{scale!r}.png")
             Image.fromarray(label).save(out_dir / f"{path.stem}.png")
+            if self.num_classes == 1:  # saliency: also the grey-level map (0..255) the SOD metrics read
+                saliency = (outputs["probs"][1].numpy() * 255).round().astype(np.uint8)
+                Image.fromarray(saliency).save(out_dir / f"{path.stem}_saliency.png")
             Image.fromarray(colorize(label, self.palette)).save(out_dir / f"{path.stem}_color.png")
             Image.fromarray(overlay(image, label, self.palette, alpha)).save(out_dir / f"{path.stem}_overlay.jpg", quality=92)
             written.append(out_dir / f"{path.stem}.png")

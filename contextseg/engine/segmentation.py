@@ -18,6 +18,7 @@ from ..models.ensemble import Ensemble
 from ..models.official import load_official_weights
 from ..models.multiscale import configure_inference, inference_spec
 from . import distributed as dist_utils
+from . import saliency
 from .checkpoint import load_checkpoint, load_model, load_state_dict_checked
 from .evaluator import evaluate
 from .runtime import ShardSampler, seed_everything, select_device
@@ -81,7 +82,12 @@ def _train(cfg: Config, resume, progress: bool, stop_at) -> dict:
     progress = progress and rank == 0
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = build_datasets(cfg)
-    model = build_model_for(cfg, train_set.num_classes)
+    sod = is_saliency(train_set)
+    if sod and cfg.loss.name not in saliency.SALIENCY_LOSSES:
+        raise ContextSegError(f"dataset {cfg.data.dataset!r} is for salient object detection: set loss.name to "
+                              f"{' or '.join(saliency.SALIENCY_LOSSES)} (loss.name={cfg.loss.name!r} is a "
+                              f"segmentation loss), e.g. configs/ecssd/pfa_vgg16.yaml")
+    model = build_model_for(cfg, 1 if sod else train_set.num_classes)
     loss = build_loss_for(cfg, train_set, progress=progress)
     batch_transform = build_batch_mix(cfg.data, ignore_index=train_set.ignore_index)
     device = dist_utils.device_for(cfg.device)
@@ -90,16 +96,26 @@ def _train(cfg: Config, resume, progress: bool, stop_at) -> dict:
         loader = eval_loader(val_set, cfg, rank, world)
 
         def evaluate_fn(model):
+            if sod:
+                return saliency.evaluate_saliency(model, loader, device, cfg.train.amp, cfg.train.channels_last,
+                                                  progress, distributed=world > 1)
             return evaluate(model, loader, val_set.num_classes, val_set.classes, val_set.ignore_index, device,
                             cfg.train.amp, cfg.train.channels_last, progress, distributed=world > 1)
 
     meta = {"classes": list(train_set.classes), "palette": [tuple(c) for c in train_set.palette]}
     trainer = Trainer(cfg, model, loss, train_set, evaluate_fn, meta=meta, progress=progress,
-                      batch_transform=batch_transform)
+                      batch_transform=batch_transform, key_metric=saliency.KEY_METRIC if sod else "mIoU")
     summary = trainer.fit(resume=resume, stop_at=stop_at)
     if rank == 0 and summary.get("final", {}).get("per_class_iou"):
         print(format_table(summary["final"]))
+    if rank == 0 and sod and summary.get("final"):
+        print(saliency.format_saliency(summary["final"]))
     return summary
+
+
+def is_saliency(dataset) -> bool:
+    """True for salient-object-detection data (``task = "saliency"``): one-logit models, SOD metrics."""
+    return getattr(dataset, "task", "segmentation") == "saliency"
 
 
 def _load_for_eval(cfg: Config, checkpoint: str, val_set):
@@ -108,10 +124,12 @@ def _load_for_eval(cfg: Config, checkpoint: str, val_set):
     else:
         ckpt = load_checkpoint(checkpoint)
         args = ckpt.get("model_args") or {}
-        model = create_model(**args) if args else build_model_for(cfg, val_set.num_classes)
-    if model.num_classes != val_set.num_classes:
+        model = create_model(**args) if args else build_model_for(cfg, 1 if is_saliency(val_set) else
+                                                                   val_set.num_classes)
+    expected = 1 if is_saliency(val_set) else val_set.num_classes
+    if model.num_classes != expected:
         raise ContextSegError(f"checkpoint {checkpoint!r} predicts {model.num_classes} classes but dataset "
-                              f"{cfg.data.dataset!r} has {val_set.num_classes}; evaluate it on the data it was trained for")
+                              f"{cfg.data.dataset!r} needs {expected}; evaluate it on the data it was trained for")
     if Path(checkpoint).suffix.lower() != ".onnx":
         load_state_dict_checked(model, ckpt["model"], source=f"checkpoint {checkpoint!r}")
     return model
@@ -134,6 +152,9 @@ def evaluate_checkpoint(cfg: Config, checkpoint, split: str | None = None, progr
     _, val_set = build_datasets(cfg, train=False)
     if val_set is None:
         raise ContextSegError("no split to evaluate: set data.val_split or pass --split")
+    if is_saliency(val_set) and len(checkpoints) > 1:
+        raise ContextSegError("ensembles average softmax probabilities of segmentation models; evaluate saliency "
+                              "checkpoints one at a time")
     models = [configure_inference(_load_for_eval(cfg, c, val_set), scales=scales, merge=merge, flip=flip,
                                   window=window, stride=stride) for c in checkpoints]
     model = models[0] if len(models) == 1 else Ensemble(models, names=checkpoints)
@@ -141,9 +162,14 @@ def evaluate_checkpoint(cfg: Config, checkpoint, split: str | None = None, progr
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    result = evaluate(model, eval_loader(val_set, cfg), val_set.num_classes, val_set.classes, val_set.ignore_index,
-                      device, cfg.train.amp, cfg.train.channels_last, progress)
-    print(format_table(result))
+    if is_saliency(val_set):
+        result = saliency.evaluate_saliency(model, eval_loader(val_set, cfg), device, cfg.train.amp,
+                                            cfg.train.channels_last, progress)
+        print(saliency.format_saliency(result))
+    else:
+        result = evaluate(model, eval_loader(val_set, cfg), val_set.num_classes, val_set.classes,
+                          val_set.ignore_index, device, cfg.train.amp, cfg.train.channels_last, progress)
+        print(format_table(result))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         report = {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints,

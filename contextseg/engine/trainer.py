@@ -316,7 +316,7 @@ class Trainer:
                    "final": self.last_metrics}
         if self.is_main:
             if (self.out_dir / "metrics.jsonl").exists():
-                plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png")
+                plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png", self.key_metric)
             with open(self.out_dir / "summary.json", "w") as f:
                 json.dump(_jsonable(summary), f, indent=2)
         dist_utils.barrier()
