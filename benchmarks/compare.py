@@ -147,11 +147,16 @@ def config_diff(a: dict, b: dict, ignore=()) -> list[str]:
 
 
 def _saved_config(run_dir: Path) -> dict | None:
+    """A run's config.yaml resolved through today's Config, so keys added to Config since (with their defaults)
+    do not make an old run look different; the raw file when it no longer loads."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    with open(path) as f:
-        return yaml.safe_load(f)
+    try:
+        return load_config(path).to_dict()
+    except Exception:
+        with open(path) as f:
+            return yaml.safe_load(f)
 
 
 def find_reusable(cfg: Config, runs_root: Path, exclude: Path) -> Path | None:
