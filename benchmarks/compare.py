@@ -29,7 +29,8 @@ A failing experiment is recorded with its error and the suite goes on (exit stat
 
 Collected per experiment: final val mIoU (at the budget) and the best one, pixel accuracy, per-class IoU, training
 wall seconds (all sessions, evaluations included), seconds per iteration (evaluations excluded; from metrics.jsonl),
-evaluation seconds, parameters. Written to RESULTS_DIR/compare_<suite>.json and .md (default benchmarks/results).
+evaluation seconds, parameters. Written to RESULTS_DIR/compare_<suite>.json and .md (default benchmarks/results);
+rows already there from the same suite, base config and overrides are kept (a --only run adds or replaces its rows).
 """
 from __future__ import annotations
 
@@ -388,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out_dir = Path(a.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rows = _with_earlier_rows(out_dir / f"compare_{a.suite}.json", a, rows, [e.name for e in known.values()])
     report = {"suite": a.suite, "base": a.base, "overrides": a.overrides, "rows": rows}
     (out_dir / f"compare_{a.suite}.json").write_text(json.dumps(report, indent=2))
     md = markdown(a.suite, rows, a.base, a.overrides)
@@ -396,6 +398,23 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     print(f"saved {out_dir / f'compare_{a.suite}.json'} and .md")
     return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
+def _with_earlier_rows(path: Path, a, rows: list[dict], order: list[str]) -> list[dict]:
+    """This run's rows plus the rows of other experiments already in ``path`` from the same suite, base config
+    and overrides (so ``--only danet`` adds a row instead of replacing the table), in the suite's order."""
+    if not path.is_file():
+        return rows
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return rows
+    if (earlier.get("suite"), earlier.get("base"), earlier.get("overrides")) != (a.suite, a.base, a.overrides):
+        return rows
+    names = {r["name"] for r in rows}
+    merged = rows + [r for r in earlier.get("rows", []) if r.get("name") not in names]
+    rank = {n: i for i, n in enumerate(order)}
+    return sorted(merged, key=lambda r: rank.get(r.get("name"), len(rank)))
 
 
 if __name__ == "__main__":

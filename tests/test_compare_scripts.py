@@ -100,3 +100,17 @@ def test_compare_and_multiscale_eval(tmp_path):
     assert md.count("| hierarchical |") == 4 and md.count("| single |") == 2
     pics = sorted(p.name for p in (tmp_path / "pics").iterdir())
     assert len(pics) == len(expected) and "hierarchical_hierarchical_0.5-1.png" in pics
+
+
+def test_only_runs_add_rows_to_the_table(tmp_path):
+    from types import SimpleNamespace
+
+    path = tmp_path / "compare_heads.json"
+    a = SimpleNamespace(suite="heads", base="b.yaml", overrides=["train.iters=500"])
+    path.write_text(json.dumps({"suite": "heads", "base": "b.yaml", "overrides": ["train.iters=500"],
+                                "rows": [{"name": "fcn", "mIoU": 0.3}, {"name": "ocr", "mIoU": 0.4}]}))
+    order = ["fcn", "psp", "ocr", "danet"]
+    rows = compare._with_earlier_rows(path, a, [{"name": "danet", "mIoU": 0.5}, {"name": "fcn", "mIoU": 0.35}], order)
+    assert [(r["name"], r["mIoU"]) for r in rows] == [("fcn", 0.35), ("ocr", 0.4), ("danet", 0.5)]
+    other = SimpleNamespace(suite="heads", base="b.yaml", overrides=["train.iters=1000"])  # another budget: not mixed
+    assert compare._with_earlier_rows(path, other, [{"name": "danet"}], order) == [{"name": "danet"}]
