@@ -240,7 +240,8 @@ def test_segmentor_feat_is_the_classifier_input():
 @pytest.mark.parametrize("arch", HEADS.names())
 def test_every_head_exposes_feat_for_attention_over_scales(arch):
     torch.manual_seed(0)
-    model = create_model(arch, backbone="hrnetv2_w18_small_v1", num_classes=K).eval()
+    backbone = "vgg16" if arch == "pfa" else "hrnetv2_w18_small_v1"  # PFA reads the five VGG-16 taps
+    model = create_model(arch, backbone=backbone, num_classes=K).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 32, 32), return_feat=True)
     assert out["feat"].shape[:2] == (1, model.feat_channels) and out["feat"].shape[-2:] == out["out"].shape[-2:]
