@@ -106,13 +106,14 @@ def scale_rates(rates: Sequence[int], stride: int, at_stride: int) -> tuple[int,
     return tuple(max(1, round(r * at_stride / stride)) for r in rates)
 
 
-def conv_bn_relu(in_c: int, out_c: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
-    """Conv (no bias) + BN + ReLU, padding keeping the size: (B, in_c, H, W) -> (B, out_c, H, W).
+def conv_bn_relu(in_c: int, out_c: int, kernel_size: int = 1, dilation: int = 1, bias: bool = False) -> nn.Sequential:
+    """Conv + BN + ReLU, padding keeping the size: (B, in_c, H, W) -> (B, out_c, H, W). The conv has no bias unless
+    ``bias`` (the official OCR code and the Keras PFA code keep one).
 
-    Parameters: k*k*in_c*out_c + 2*out_c.
+    Parameters: k*k*in_c*out_c (+ out_c with bias) + 2*out_c.
     """
     return nn.Sequential(
-        nn.Conv2d(in_c, out_c, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation, bias=False),
+        nn.Conv2d(in_c, out_c, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation, bias=bias),
         nn.BatchNorm2d(out_c),
         nn.ReLU(inplace=True),
     )

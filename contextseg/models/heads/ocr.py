@@ -24,15 +24,7 @@ from torch import Tensor, nn
 
 from ...registry import HEADS
 from ..attention import upcast
-from .common import FeatureAdapter, default_in_index
-
-
-def conv_bn_relu(in_c: int, out_c: int, kernel_size: int = 1, bias: bool = False) -> list[nn.Module]:
-    return [
-        nn.Conv2d(in_c, out_c, kernel_size, padding=kernel_size // 2, bias=bias),
-        nn.BatchNorm2d(out_c),
-        nn.ReLU(inplace=True),
-    ]
+from .common import FeatureAdapter, conv_bn_relu, default_in_index
 
 
 def bn_relu(c: int) -> nn.Sequential:
@@ -140,7 +132,7 @@ class OCRHead(nn.Module):
         index = list(range(len(self.in_channels))) if in_index is None else in_index  # None: all maps (HRNetV2)
         self.inputs = FeatureAdapter(in_channels, index, head=type(self).__name__)
         c = self.inputs.out_channels
-        self.conv3x3_ocr = nn.Sequential(*conv_bn_relu(c, mid_channels, kernel_size=3, bias=True))
+        self.conv3x3_ocr = conv_bn_relu(c, mid_channels, kernel_size=3, bias=True)
         self.ocr_gather_head = SpatialGather()
         self.ocr_distri_head = SpatialOCR(mid_channels, key_channels, mid_channels, dropout=dropout)
         self.cls_head = nn.Conv2d(mid_channels, num_classes, kernel_size=1)

@@ -14,12 +14,7 @@ from torch import Tensor, nn
 from ...errors import ContextSegError
 from ...registry import HEADS
 from ..attention import SEBlock, SpatialAttention
-
-
-def _conv_bn_relu(c_in: int, c_out: int, kernel_size: int) -> nn.Sequential:
-    """Conv (with bias, as Keras' default) + BN + ReLU, size kept."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.BatchNorm2d(c_out),
-                         nn.ReLU(inplace=True))
+from .common import conv_bn_relu
 
 
 def _resize(x: Tensor, like: Tensor) -> Tensor:
@@ -68,14 +63,14 @@ class PFAHead(nn.Module):
             raise ContextSegError(f"PFAHead needs the five VGG-16 taps (conv1_2 ... conv5_3), got a backbone with "
                                   f"{len(in_channels)} outputs; use backbone='vgg16'")
         self.in_channels, self.num_classes = in_channels, num_classes
-        self.c1_conv = _conv_bn_relu(in_channels[0], channels, 3)
-        self.c2_conv = _conv_bn_relu(in_channels[1], channels, 3)
+        self.c1_conv = conv_bn_relu(in_channels[0], channels, 3, bias=True)
+        self.c2_conv = conv_bn_relu(in_channels[1], channels, 3, bias=True)
         self.cpfe = nn.ModuleList(CPFE(c, width) for c in in_channels[2:])
         high = 3 * 4 * width
         self.channel_attention = SEBlock(high, reduction=4)
-        self.c345_conv = _conv_bn_relu(high, channels, 1)
+        self.c345_conv = conv_bn_relu(high, channels, 1, bias=True)
         self.spatial_attention = SpatialAttention(channels)
-        self.c12_conv = _conv_bn_relu(2 * channels, channels, 3)
+        self.c12_conv = conv_bn_relu(2 * channels, channels, 3, bias=True)
         self.fuse = nn.Conv2d(2 * channels, num_classes, 3, padding=1)
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
