@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import ContextSegError
 
-WRAPPER_PREFIXES = ("module.", "model.")  # DataParallel, the official FullModel(model, loss)
+WRAPPER_PREFIXES = ("module.", "model.", "backbone.")  # DataParallel, the official FullModel, mmseg / contextseg
 DROPPED_PREFIXES = (
     "loss.",  # the official FullModel's criterion
     "incre_modules.", "downsamp_modules.", "final_layer.", "classifier.", "fc.",  # ImageNet classification necks
@@ -34,7 +34,7 @@ DROPPED_PREFIXES = (
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a local weights file, unwrapped from ``state_dict`` / ``model`` containers and stripped of
-    ``module.`` / ``model.`` prefixes; loss and classification-neck entries dropped."""
+    ``module.`` / ``model.`` / ``backbone.`` prefixes; loss and classification-neck entries dropped."""
     path = Path(path)
     if not path.is_file():
         raise ContextSegError(f"no weights file at {str(path)!r}; download the official file on a machine with "
@@ -59,16 +59,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def split_backbone_head(state: dict, model: nn.Module) -> tuple[dict, dict, list[str]]:
     """Route official keys to ``model.backbone`` and ``model.head`` by their first name (``conv3x3_ocr.0.weight`` is
-    the head's, ``stage2.0...`` the backbone's; an existing ``backbone.`` / ``head.`` prefix is kept).
+    the head's, ``stage2.0...`` the backbone's; an existing ``head.`` prefix is kept; ``read_state_dict`` has
+    already removed ``backbone.``).
     Returns (backbone_state, head_state, keys that belong to neither)."""
     head_roots = {k.split(".")[0] for k in model.head.state_dict()}
     body_roots = {k.split(".")[0] for k in model.backbone.state_dict()}
     body, head, other = {}, {}, []
     for k, v in state.items():
         root = k.split(".")[0]
-        if root == "backbone":
-            body[k[len("backbone."):]] = v
-        elif root == "head":
+        if root == "head":
             head[k[len("head."):]] = v
         elif root in head_roots and root not in body_roots:
             head[k] = v
@@ -79,7 +78,9 @@ def split_backbone_head(state: dict, model: nn.Module) -> tuple[dict, dict, list
     return body, head, other
 
 
-def _check(part: nn.Module, state: dict, what: str, path, hint: str) -> None:
+def load_fitting(part: nn.Module, state: dict, what: str, path, hint: str) -> None:
+    """Load ``state`` into ``part`` when every tensor fits (names and shapes) and every tensor of ``part`` is given
+    (BN ``num_batches_tracked`` counters aside: older files lack them); else one error naming the keys and ``hint``."""
     own = part.state_dict()
     missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(own))
@@ -90,6 +91,7 @@ def _check(part: nn.Module, state: dict, what: str, path, hint: str) -> None:
             f"{str(path)!r} does not fit the {what}: {len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} "
             f"unexpected (e.g. {unexpected[:2]}), {len(wrong)} of another shape (e.g. {wrong[:2]}); {hint}"
         )
+    part.load_state_dict(state, strict=False)  # everything but num_batches_tracked was checked above
 
 
 def load_official_weights(model: nn.Module, path: str | os.PathLike, backbone_only: bool = False) -> str:
@@ -106,9 +108,8 @@ def load_official_weights(model: nn.Module, path: str | os.PathLike, backbone_on
     if not body:
         raise ContextSegError(f"{str(path)!r} holds no backbone weights for {type(model.backbone).__name__}")
     name = model.init_args.get("backbone", type(model.backbone).__name__) if hasattr(model, "init_args") else ""
-    _check(model.backbone, body, f"backbone {name}", path,
-           "build the model with the backbone the file was trained with (e.g. hrnetv2_w48 for a W48 file)")
-    model.backbone.load_state_dict(body, strict=False)  # checked above; old files lack num_batches_tracked
+    load_fitting(model.backbone, body, f"backbone {name}", path,
+                 "build the model with the backbone the file was trained with (e.g. hrnetv2_w48 for a W48 file)")
     if backbone_only or not head:
         return "backbone"
     classes = [tuple(v.shape) for k, v in head.items() if k.startswith(("cls_head.weight", "last_layer.3.weight"))]
@@ -116,8 +117,7 @@ def load_official_weights(model: nn.Module, path: str | os.PathLike, backbone_on
     if classes and classes[0][0] != model.num_classes:
         hint = (f"the file predicts {classes[0][0]} classes and the model {model.num_classes}: pass "
                 f"num_classes={classes[0][0]}, or backbone_only=True to fine-tune the backbone on your classes")
-    _check(model.head, head, f"head {type(model.head).__name__}", path, hint)
-    model.head.load_state_dict(head, strict=False)
+    load_fitting(model.head, head, f"head {type(model.head).__name__}", path, hint)
     return "backbone + head"
 
 

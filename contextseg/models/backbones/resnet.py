@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ...errors import ContextSegError
@@ -172,30 +171,12 @@ class ResNet(nn.Module):
         mmcv/mmsegmentation checkpoint (``{"state_dict": ...}``, optional ``backbone.`` / ``module.`` prefixes;
         ``resnet50_v1c`` for ``deep_stem=True``). The classifier ``fc.*`` is dropped; every other tensor must match.
         """
-        if not os.path.isfile(path):
-            raise ContextSegError(f"no weights file at {str(path)!r}; give the path of a local ResNet state_dict")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-        clean = {}
-        for k, v in state.items():
-            for prefix in ("module.", "backbone."):
-                k = k[len(prefix):] if k.startswith(prefix) else k
-            if not k.startswith("fc."):
-                clean[k] = v
-        own = self.state_dict()
-        # older torchvision files (resnet50-19c8e357.pth) have no BN num_batches_tracked counters: not needed
-        missing = sorted(k for k in set(own) - set(clean) if not k.endswith("num_batches_tracked"))
-        unexpected = sorted(set(clean) - set(own))
-        wrong = sorted(k for k in set(own) & set(clean) if own[k].shape != clean[k].shape)
-        if missing or unexpected or wrong:
-            raise ContextSegError(
-                f"{str(path)!r} does not fit this ResNet: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                f"wrong shape {wrong[:3]} (of {len(own)} tensors); build the backbone like the file's network "
-                f"(depth, deep_stem={not self.deep_stem} if the stem keys differ, in_channels=3 for ImageNet weights)"
-            )
-        self.load_state_dict(clean, strict=False)  # everything but num_batches_tracked was checked above
+        from ..official import load_fitting, read_state_dict
+
+        state = read_state_dict(path)  # containers, module. / backbone. prefixes and the classifier fc.* handled
+        load_fitting(self, state, "this ResNet", path,
+                     f"build the backbone like the file's network (depth, deep_stem={not self.deep_stem} if the stem "
+                     f"keys differ, in_channels=3 for ImageNet weights)")
 
 
 def _register(name: str) -> None:
