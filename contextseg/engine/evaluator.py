@@ -8,6 +8,26 @@ from ..metrics import SegMetric
 from .runtime import autocast
 
 
+def eval_batches(model, loader, device: torch.device | str = "cpu", amp: str = "none", channels_last: bool = False,
+                 progress: bool = True, desc: str = "eval"):
+    """Yield (logits, labels): ``model(x)["out"]`` as float32 (on ``device``) for each (image, label) batch of
+    ``loader``, in eval mode without gradients; the model's train/eval mode is restored when the loop ends or
+    stops early (the segmentation and the saliency evaluation share this loop)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), autocast(device, amp):
+                logits = model(images)["out"]
+            yield logits.float(), labels
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(model, loader, num_classes: int, class_names=None, ignore_index: int = 255,
              device: torch.device | str = "cpu", amp: str = "none", channels_last: bool = False,
@@ -17,18 +37,9 @@ def evaluate(model, loader, num_classes: int, class_names=None, ignore_index: in
 
     distributed: every rank holds a disjoint shard of the set in `loader` (runtime.ShardSampler); the
     confusion matrices are summed over ranks (all_reduce) and every rank returns the metrics of the whole set."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
     metric = SegMetric(num_classes, ignore_index, class_names)
-    for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = model(images)["out"]
-        metric.update(logits.float(), labels.to(device))
-    model.train(was_training)
+    for logits, labels in eval_batches(model, loader, device, amp, channels_last, progress, desc):
+        metric.update(logits, labels.to(logits.device))
     if distributed:
         from .distributed import all_reduce_sum
 

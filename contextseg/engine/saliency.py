@@ -10,11 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..errors import ContextSegError
 from ..sod_metrics import SODMetrics
-from .runtime import autocast
+from .evaluator import eval_batches
 
 KEY_METRIC = "max_f"
 SALIENCY_LOSSES = ("edge_hold",)
@@ -26,29 +25,19 @@ def saliency_maps(logits: torch.Tensor, size) -> np.ndarray:
     return (prob[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
 
 
-@torch.no_grad()
 def evaluate_saliency(model, loader, device="cpu", amp: str = "none", channels_last: bool = False,
                       progress: bool = True, distributed: bool = False, desc: str = "eval") -> dict:
     """SOD metrics of ``model(x)["out"]`` (B, 1, h, w) over ``loader`` of whole (image, label {0, 1}) pairs, each
     scored at its label's size. Restores the model's train/eval mode. Distributed: every rank scores its shard and
     the per-image scores are gathered, so every rank returns the whole set's numbers."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
     metrics = SODMetrics()
-    for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = model(images)["out"]
+    for logits, labels in eval_batches(model, loader, device, amp, channels_last, progress, desc):
         if logits.shape[1] != 1:
             raise ContextSegError(f"a saliency model outputs one logit map, this one {logits.shape[1]}; build it "
                                   f"with num_classes=1")
         maps = saliency_maps(logits, labels.shape[-2:])
         for pred, label in zip(maps, labels.numpy()):
             metrics.update(pred, np.where(label == 1, 255, 0).astype(np.uint8))
-    model.train(was_training)
     if distributed:
         from .distributed import all_gather_object
 

@@ -119,18 +119,17 @@ def is_saliency(dataset) -> bool:
 
 
 def _load_for_eval(cfg: Config, checkpoint: str, val_set):
-    if Path(checkpoint).suffix.lower() == ".onnx":
-        model = load_model(checkpoint)
-    else:
-        ckpt = load_checkpoint(checkpoint)
-        args = ckpt.get("model_args") or {}
-        model = create_model(**args) if args else build_model_for(cfg, 1 if is_saliency(val_set) else
-                                                                   val_set.num_classes)
     expected = 1 if is_saliency(val_set) else val_set.num_classes
+    ckpt = None if Path(checkpoint).suffix.lower() == ".onnx" else load_checkpoint(checkpoint)
+    if ckpt is None:
+        model = load_model(checkpoint)  # an OnnxModel: its weights are in the graph
+    else:
+        args = ckpt.get("model_args") or {}
+        model = create_model(**args) if args else build_model_for(cfg, expected)
     if model.num_classes != expected:
         raise ContextSegError(f"checkpoint {checkpoint!r} predicts {model.num_classes} classes but dataset "
                               f"{cfg.data.dataset!r} needs {expected}; evaluate it on the data it was trained for")
-    if Path(checkpoint).suffix.lower() != ".onnx":
+    if ckpt is not None:
         load_state_dict_checked(model, ckpt["model"], source=f"checkpoint {checkpoint!r}")
     return model
 
