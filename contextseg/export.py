@@ -212,7 +212,11 @@ class OnnxModel(nn.Module):
         self.classes = json.loads(meta["classes"]) if "classes" in meta else None
         self.palette = json.loads(meta["palette"]) if "palette" in meta else None
         out_channels = self.session.get_outputs()[0].shape[1]
-        self.num_classes = len(self.classes) if self.classes else int(out_channels)
+        # the graph's channel count wins: a saliency model has 2 classes but 1 logit channel
+        self.num_classes = int(out_channels) if isinstance(out_channels, int) else len(self.classes or [])
+        if not self.num_classes:
+            raise ContextSegError(f"{str(path)!r} has neither a static output channel count nor class names; "
+                                  f"export it again with `contextseg export`")
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         logits = self.session.run(None, {"image": x.detach().float().cpu().contiguous().numpy()})[0]

@@ -124,3 +124,27 @@ def test_train_and_eval_cli(tmp_path, capsys):
     assert saliency.shape == label.shape == (40, 48) and np.array_equal(label, (saliency > 127).astype(np.uint8))
     assert main(["train", "configs/ecssd/pfa_vgg16.yaml", *common, "loss.name=ce", "--no-progress"]) == 2
     assert "set loss.name to edge_hold" in capsys.readouterr().err
+
+
+def test_saliency_checkpoint_exports_to_onnx(tmp_path):
+    """A one-logit saliency model exported to ONNX keeps num_classes=1 (its classes list has two names) and
+    evaluates to the same SOD metrics as the checkpoint."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from contextseg.export import OnnxModel, export_onnx
+
+    root = write_sod_folder(tmp_path / "sod")
+    out = tmp_path / "run"
+    common = [f"output_dir={out}", "data.dataset=saliency_folder", f"data.root={root}", "data.kwargs={val_every: 4}",
+              "data.crop_size=[32,32]", "data.batch_size=2", "data.num_workers=0", "train.iters=2",
+              "train.eval_interval=2", "train.amp=none", "train.channels_last=false", "train.warmup_iters=0"]
+    assert main(["train", "configs/ecssd/pfa_vgg16.yaml", *common, "--no-progress"]) == 0
+    export_onnx(out / "best.pt", tmp_path / "pfa.onnx", size=(32, 32))
+    model = OnnxModel(tmp_path / "pfa.onnx")
+    assert model.num_classes == 1 and model.classes == ["background", "salient"]
+    scores = []
+    for ckpt in (out / "best.pt", tmp_path / "pfa.onnx"):
+        assert main(["eval", "configs/ecssd/pfa_vgg16.yaml", *common, "--checkpoint", str(ckpt),
+                     "--out", str(tmp_path / "eval.json"), "--no-progress"]) == 0
+        scores.append(json.loads((tmp_path / "eval.json").read_text()))
+    assert scores[1]["mae"] == pytest.approx(scores[0]["mae"], abs=1e-3)
