@@ -28,6 +28,18 @@ def test_vgg16_matches_torchvision_features():
     assert [tuple(t.shape[1:]) for t in taps] == [(64, 61, 83), (128, 31, 42), (256, 16, 21), (512, 8, 11), (512, 4, 6)]
 
 
+def test_vgg16_bn_matches_torchvision_layout():
+    body = BACKBONES.get("vgg16_bn")()
+    assert n_params(body) == 14_714_688 + 2 * (2 * 64 + 2 * 128 + 3 * 256 + 6 * 512)  # 14,723,136: + BN affine
+    keys = set(body.state_dict())
+    assert {"features.1.running_mean", "features.40.weight", "features.41.num_batches_tracked"} <= keys
+    with torch.no_grad():
+        taps = body.eval()(torch.randn(1, 3, 61, 83))
+    assert [tuple(t.shape[1:]) for t in taps] == [(64, 61, 83), (128, 31, 42), (256, 16, 21), (512, 8, 11), (512, 4, 6)]
+    assert all((t >= 0).all() for t in taps)  # taps are after the ReLUs
+    assert n_params(create_model("pfa", backbone="vgg16_bn", num_classes=1)) == 14_723_136 + 1_470_311
+
+
 def test_pfa_head_count_from_the_official_layout():
     w, m = 32, 64
     cpfe = lambda c: 28 * c * w + 8 * w  # noqa: E731  1x1 + three 3x3 atrous, no bias; BN over 4w

@@ -13,6 +13,10 @@ original floors, which loses the last row and column of odd sizes). No pool5, no
 ``features`` at torchvision's indices (``features.0`` ... ``features.28``), so a torchvision ``vgg16-*.pth``
 state_dict loads from a local file (``load_official`` / ``model.pretrained``; its ``classifier.*`` is dropped).
 14,714,688 parameters, as torchvision's ``vgg16().features``.
+
+``vgg16_bn`` is the same network with BatchNorm after every conv (torchvision's ``vgg16_bn().features`` layout,
+``features.0`` ... ``features.42``, 14,723,136 parameters): VGG without BN barely trains from scratch in a short
+schedule, so the from-scratch recipes use it.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from ...registry import BACKBONES
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 TAPS = (3, 8, 15, 22, 29)  # indices of the ReLUs after conv1_2, conv2_2, conv3_3, conv4_3, conv5_3
+TAPS_BN = (5, 12, 22, 32, 42)  # the same ReLUs in the vgg16_bn layout (conv, BN, ReLU)
 
 
 class VGG16(nn.Module):
@@ -35,7 +40,7 @@ class VGG16(nn.Module):
     strides = [1, 2, 4, 8, 16]
     default_in_index = [2, 3, 4]
 
-    def __init__(self, in_channels: int = 3):
+    def __init__(self, in_channels: int = 3, batch_norm: bool = False):
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
             raise ContextSegError(f"in_channels must be a positive integer (3 for RGB), got {in_channels!r}")
@@ -46,9 +51,12 @@ class VGG16(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
             else:
-                layers += [nn.Conv2d(c, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(c, v, kernel_size=3, padding=1)]
+                layers += [nn.BatchNorm2d(v)] if batch_norm else []
+                layers += [nn.ReLU(inplace=True)]
                 c = v
         self.features = nn.Sequential(*layers)
+        self.taps = TAPS_BN if batch_norm else TAPS
         for m in self.modules():  # torchvision's VGG init
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -60,7 +68,7 @@ class VGG16(nn.Module):
         taps = []
         for i, layer in enumerate(self.features):
             x = layer(x)
-            if i in TAPS:
+            if i in self.taps:
                 taps.append(x)
         return taps
 
@@ -69,3 +77,9 @@ class VGG16(nn.Module):
 def build_vgg16(in_channels: int = 3) -> VGG16:
     """VGG-16 conv1_1 ... conv5_3 (no pool5, no classifier), five taps at strides 1 to 16."""
     return VGG16(in_channels=in_channels)
+
+
+@BACKBONES.register("vgg16_bn")
+def build_vgg16_bn(in_channels: int = 3) -> VGG16:
+    """VGG-16 with BatchNorm after every conv (torchvision's vgg16_bn layout), five taps at strides 1 to 16."""
+    return VGG16(in_channels=in_channels, batch_norm=True)
