@@ -134,6 +134,8 @@ def _run(args) -> int:
         print("architectures:", ", ".join(list_models()))
         print("backbones:    ", ", ".join(list_backbones()))
         return 0
+    if args.command in ("export", "bench"):
+        _refuse_classifier(args.checkpoint if args.command == "export" else args.model, args.command)
     if args.command == "export":
         from .export import export_onnx
 
@@ -145,7 +147,16 @@ def _run(args) -> int:
     if args.command == "bench":
         return _bench(args)
     if args.command == "predict":
+        from .engine import classification
         from .engine.predictor import Predictor
+
+        if classification.is_classifier_checkpoint(args.checkpoint[0]):  # image classes (+ SAOL attention maps)
+            if len(args.checkpoint) > 1 or any(v not in (None, False) for v in _inference_kwargs(args).values()):
+                raise ContextSegError("a classification checkpoint predicts alone, without test-time options")
+            rows = classification.predict_files(args.checkpoint[0], args.inputs, args.out, device=args.device,
+                                                amp=args.amp, progress=not args.no_progress)
+            print(f"wrote predictions.json for {len(rows)} images to {args.out}")
+            return 0
 
         pred = Predictor(args.checkpoint, device=args.device, amp=args.amp, **_inference_kwargs(args))
         written = pred.predict_files(args.inputs, args.out, alpha=args.alpha, progress=not args.no_progress,
@@ -173,14 +184,19 @@ def _run(args) -> int:
         if os.environ.get("RANK", "0") != "0":  # a distributed worker: rank 0 reports
             return 0
         print(f"done: {summary['step']} steps in {summary['train_seconds']:.0f} s; "
-              f"best {100 * summary['best']:.2f} mIoU; checkpoints in {cfg.output_dir}")
+              f"best {100 * summary['best']:.2f} {summary.get('key_metric', 'mIoU')}; checkpoints in {cfg.output_dir}")
         return 0
     if args.command == "eval":
         segmentation.evaluate_checkpoint(cfg, args.checkpoint, split=args.split, progress=not args.no_progress,
                                          out=args.out, **_inference_kwargs(args))
         return 0
     if args.command == "doctor":
+        from .engine.classification import is_classification_config
         from .engine.diagnostics import parse_checks, parse_steps, run_doctor
+
+        if is_classification_config(cfg):
+            raise ContextSegError("doctor checks segmentation configs; for a classification config run a short "
+                                  "`contextseg train CONFIG train.iters=...` instead")
 
         report = run_doctor(cfg, parse_checks(args.checks), args.out, steps=parse_steps(args.steps),
                             batch_size=args.batch_size, data_samples=args.data_samples, lr_range=args.lr_range,
@@ -191,6 +207,23 @@ def _run(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _refuse_classifier(model: str, command: str) -> None:
+    """export and bench handle dense-prediction models only (classifiers output (B, K))."""
+    from pathlib import Path
+
+    from .registry import CLASSIFIERS
+
+    if Path(model).is_file():
+        from .engine.classification import is_classifier_checkpoint
+
+        classifier = is_classifier_checkpoint(model)
+    else:
+        classifier = model.split(":", 1)[0] in CLASSIFIERS
+    if classifier:
+        raise ContextSegError(f"`contextseg {command}` does not take image classifiers (saol, gap) yet; it handles "
+                              f"dense-prediction models")
 
 
 def _bench(args) -> int:

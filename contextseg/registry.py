@@ -42,5 +42,6 @@ class Registry:
 
 BACKBONES = Registry("backbone")
 HEADS = Registry("model")  # segmentation architectures: "fcn", "ocr", ... (backbone is a keyword)
+CLASSIFIERS = Registry("model")  # image classification output layers: "saol", "gap" (create_model takes both)
 DATASETS = Registry("dataset")
 LOSSES = Registry("loss")

@@ -1,5 +1,5 @@
 """Datasets, transforms, batch mixes and readers; importing this registers "camvid", "folder",
-"synthetic", "ecssd" and "saliency_folder"."""
+"synthetic", "ecssd", "saliency_folder", "cifar10" and "image_folder"."""
 from .datasets import (
     CAMVID_CLASSES,
     CAMVID_PALETTE,
@@ -15,6 +15,14 @@ from .datasets import (
     read_mask,
     voc_palette,
 )
+from .classification import (
+    CIFAR10_CLASSES,
+    ImageFolderClassification,
+    LabelCutMix,
+    build_label_mix,
+    classification_train_transform,
+    write_image_folder,
+)
 from .mix import BatchMix, build_batch_mix, copy_paste, cutmix
 from .saliency import SaliencyFolder
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticScenes, render_scene, write_synthetic_folder
@@ -26,5 +34,6 @@ __all__ = [
     "voc_palette", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "SyntheticScenes", "render_scene",
     "write_synthetic_folder", "MEAN", "STD", "SegTransform", "denormalize", "eval_transform",
     "mask_to_tensor", "to_tensor", "train_transform", "BatchMix", "build_batch_mix", "copy_paste", "cutmix",
-    "SaliencyFolder",
+    "SaliencyFolder", "CIFAR10_CLASSES", "ImageFolderClassification", "LabelCutMix", "build_label_mix",
+    "classification_train_transform", "write_image_folder",
 ]

@@ -18,7 +18,7 @@ from ..models.ensemble import Ensemble
 from ..models.official import load_official_weights
 from ..models.multiscale import configure_inference, inference_spec
 from . import distributed as dist_utils
-from . import saliency
+from . import classification, saliency
 from .checkpoint import load_checkpoint, load_model, load_state_dict_checked
 from .evaluator import evaluate
 from .runtime import ShardSampler, seed_everything, select_device
@@ -78,6 +78,9 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_at
 
 
 def _train(cfg: Config, resume, progress: bool, stop_at) -> dict:
+    if classification.is_classification_config(cfg):  # task "classification": engine/classification.py
+        return classification.train_classification(cfg, resume, progress, stop_at)
+    classification.check_arch(cfg, False)
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     progress = progress and rank == 0
     seed_everything(cfg.seed, cfg.deterministic)
@@ -146,6 +149,9 @@ def evaluate_checkpoint(cfg: Config, checkpoint, split: str | None = None, progr
     checkpoints = [str(checkpoint)] if isinstance(checkpoint, (str, Path)) else [str(c) for c in checkpoint]
     if not checkpoints:
         raise ContextSegError("no checkpoint given; pass --checkpoint A.pt [B.pt ...]")
+    if classification.is_classification_config(cfg):
+        return classification.evaluate_classification_checkpoint(
+            cfg, checkpoints, split, progress, out, scales=scales, merge=merge, flip=flip, window=window, stride=stride)
     if split:
         cfg.data.val_split = split
     _, val_set = build_datasets(cfg, train=False)

@@ -7,10 +7,11 @@ error), so heads must not reuse backbone option names.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 
 from ..errors import ContextSegError
-from ..registry import BACKBONES, HEADS
+from ..registry import BACKBONES, CLASSIFIERS, HEADS
 from . import backbones, heads  # noqa: F401  (importing them registers the built-in names)
 from .fuse import fuse_conv_bn
 from .heads.aux import AuxFCNHead
@@ -64,8 +65,16 @@ def create_model(
     ``model.init_args`` records every argument in this flat form, so ``create_model(**model.init_args)`` rebuilds
     the same model (same parameter names and shapes; weights are initialised afresh).
     """
-    build_head = HEADS.get(arch)
+    classifier = isinstance(arch, str) and arch in CLASSIFIERS
+    if not classifier and isinstance(arch, str) and arch not in HEADS:
+        close = difflib.get_close_matches(arch, list_models(), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ContextSegError(f"unknown model {arch!r}.{hint} Known models: {', '.join(list_models())}")
+    build_head = CLASSIFIERS.get(arch) if classifier else HEADS.get(arch)
     build_backbone = BACKBONES.get(backbone)
+    if classifier and (aux or multiscale is not None):
+        raise ContextSegError(f"model {arch!r} is an image classifier (B, K logits): it takes neither aux nor "
+                              f"multiscale; drop them")
     _positive_int("num_classes", num_classes, "set it to the number of classes in your labels (19 for Cityscapes)")
     _positive_int("in_channels", in_channels, "use 3 for RGB images, 1 for grayscale")
     backbone_opts = _option_names(build_backbone, skip={"in_channels"})
@@ -131,8 +140,9 @@ def _aux_head(aux, arch: str, backbone: str, body, num_classes: int) -> AuxFCNHe
 
 
 def list_models() -> list[str]:
-    """Names of the segmentation architectures ``create_model`` accepts as ``arch``."""
-    return HEADS.names()
+    """Names of the architectures ``create_model`` accepts as ``arch``: segmentation heads and the image
+    classification output layers ("saol", "gap")."""
+    return sorted(HEADS.names() + CLASSIFIERS.names())
 
 
 def list_backbones() -> list[str]:

@@ -13,7 +13,8 @@ class Segmentor(nn.Module):
     (every stride-2 conv of the stem maps n -> ceil(n / 2)); the output stride (8 or 16) for heads on a dilated ResNet. Upsampling to the label size belongs to losses, metrics and
     prediction, never to the model.
 
-    In eval mode only "out" is returned. Heads that can skip their auxiliary branch check ``self.training``
+    In eval mode only "out" is returned (or the outputs a head lists in ``eval_outputs``: the classification
+    heads of heads/saol.py, whose "out" is (B, K)). Heads that can skip their auxiliary branch check ``self.training``
     themselves; OCR always computes its soft object regions, since "out" needs them.
 
     ``model(x, return_feat=True)`` adds "feat": the head's penultimate representation, i.e. the input of the
@@ -75,8 +76,8 @@ class Segmentor(nn.Module):
 
     def _heads(self, feats: list[Tensor]) -> dict[str, Tensor]:
         out = self.head(feats)
-        if not self.training:
-            return {"out": out["out"]}
+        if not self.training:  # a head may keep more outputs in eval mode (SAOL: "gap", "attention", ...)
+            return {k: out[k] for k in getattr(self.head, "eval_outputs", ("out",)) if k in out}
         out = dict(out)
         if self.aux_head is not None:
             if "aux" in out:

@@ -11,9 +11,10 @@ from .nonlocal_head import NonLocalHead
 from .ocr import OCRHead, SpatialGather, SpatialOCR, ObjectAttentionBlock
 from .psp import PSPHead
 from .saliency import CPFE, PFAHead
+from .saol import GAPFCHead, SAOLHead
 
 __all__ = [
     "HRNetV2Head", "OCRHead", "SpatialGather", "SpatialOCR", "ObjectAttentionBlock",
     "FeatureAdapter", "FCN8sHead", "PSPHead", "ASPPHead", "ASPPLHead", "LargeFOVHead", "NonLocalHead",
-    "DANetHead", "AuxFCNHead", "PFAHead", "CPFE",
+    "DANetHead", "AuxFCNHead", "PFAHead", "CPFE", "SAOLHead", "GAPFCHead",
 ]
