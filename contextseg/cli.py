@@ -1,4 +1,4 @@
-"""`contextseg train|eval|predict|bench|export|doctor|models`."""
+"""`contextseg train|eval|predict|bench|export|doctor|pseudo-labels|models`."""
 from __future__ import annotations
 
 import argparse
@@ -93,6 +93,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="fp32 bf16 fp16 fused onnx (default: those this machine can run)")
     b.add_argument("--device", default="auto")
     b.add_argument("--out", metavar="JSON", help="also write the rows as JSON")
+
+    w = sub.add_parser("pseudo-labels", help="write stage-2 pseudo labels from a stage-1 SSNet checkpoint and report "
+                                             "their mIoU against the true labels")
+    w.add_argument("config", help="the stage-1 config, e.g. configs/weak/ssnet_stage1_camvid_ecssd.yaml")
+    w.add_argument("overrides", nargs="*")
+    w.add_argument("--checkpoint", required=True, metavar="CKPT", help="the stage-1 SSNet checkpoint")
+    w.add_argument("--out", required=True, metavar="DIR", help="folder for STEM.png label maps and pseudo_labels.json")
+    w.add_argument("--split", help="segmentation split to label (default: data.train_split)")
+    w.add_argument("--min-prob", type=float, default=0.5,
+                   help="pixels whose restricted class probability is below this are left unlabelled (255)")
+    w.add_argument("--bg-threshold", type=float, metavar="T",
+                   help="saliency rule: background where S < T, unlabelled where the segmentation says background "
+                        "but S >= T (default: off, background from the segmentation alone)")
+    w.add_argument("--no-report", action="store_true", help="do not read the true labels for the mIoU report")
+    w.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("models", help="list model architectures and backbones")
 
@@ -190,12 +205,22 @@ def _run(args) -> int:
         segmentation.evaluate_checkpoint(cfg, args.checkpoint, split=args.split, progress=not args.no_progress,
                                          out=args.out, **_inference_kwargs(args))
         return 0
+    if args.command == "pseudo-labels":
+        from .engine.pseudo_labels import write_pseudo_labels
+
+        result = write_pseudo_labels(cfg, args.checkpoint, args.out, split=args.split, min_prob=args.min_prob,
+                                     bg_threshold=args.bg_threshold, progress=not args.no_progress,
+                                     report=not args.no_report)
+        print(f"wrote {result['images']} pseudo labels and pseudo_labels.json to {args.out}")
+        return 0
     if args.command == "doctor":
         from .engine.classification import is_classification_config
         from .engine.diagnostics import parse_checks, parse_steps, run_doctor
+        from .engine.weak import is_weak_config
 
-        if is_classification_config(cfg):
-            raise ContextSegError("doctor checks segmentation configs; for a classification config run a short "
+        if is_classification_config(cfg) or is_weak_config(cfg):
+            kind = "an SSNet" if is_weak_config(cfg) else "a classification"
+            raise ContextSegError(f"doctor checks segmentation configs; for {kind} config run a short "
                                   "`contextseg train CONFIG train.iters=...` instead")
 
         report = run_doctor(cfg, parse_checks(args.checks), args.out, steps=parse_steps(args.steps),

@@ -18,7 +18,7 @@ from ..models.ensemble import Ensemble
 from ..models.official import load_official_weights
 from ..models.multiscale import configure_inference, inference_spec
 from . import distributed as dist_utils
-from . import classification, saliency
+from . import classification, saliency, weak
 from .checkpoint import load_checkpoint, load_model, load_state_dict_checked
 from .evaluator import evaluate
 from .runtime import ShardSampler, seed_everything, select_device
@@ -80,7 +80,10 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_at
 def _train(cfg: Config, resume, progress: bool, stop_at) -> dict:
     if classification.is_classification_config(cfg):  # task "classification": engine/classification.py
         return classification.train_classification(cfg, resume, progress, stop_at)
+    if weak.is_weak_config(cfg):  # SSNet, weak labels + saliency: engine/weak.py
+        return weak.train_weak(cfg, resume, progress, stop_at)
     classification.check_arch(cfg, False)
+    weak.check_config(cfg, False)
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     progress = progress and rank == 0
     seed_everything(cfg.seed, cfg.deterministic)
@@ -152,6 +155,9 @@ def evaluate_checkpoint(cfg: Config, checkpoint, split: str | None = None, progr
     if classification.is_classification_config(cfg):
         return classification.evaluate_classification_checkpoint(
             cfg, checkpoints, split, progress, out, scales=scales, merge=merge, flip=flip, window=window, stride=stride)
+    if weak.is_weak_config(cfg):
+        return weak.evaluate_weak_checkpoint(cfg, checkpoints, split, progress, out, scales=scales, merge=merge,
+                                             flip=flip, window=window, stride=stride)
     if split:
         cfg.data.val_split = split
     _, val_set = build_datasets(cfg, train=False)

@@ -213,7 +213,7 @@ class Trainer:
         for j in range(self.accumulate):
             self.epoch, (images, labels) = next(batches)
             images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
+            labels = _to_device(labels, self.device)  # a tensor, or a dict of them (SSNet's joint targets)
             if self.batch_transform is not None:
                 images, labels = self.batch_transform(images, labels)
             if t.channels_last:
@@ -330,6 +330,12 @@ def _gather_rng_states() -> list:
     buf = io.BytesIO()
     torch.save(rng_state(), buf)
     return [torch.load(io.BytesIO(b), weights_only=True) for b in dist_utils.all_gather_object(buf.getvalue())]
+
+
+def _to_device(x, device):
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    return x.to(device, non_blocking=True)
 
 
 def _seed_all(seed: int) -> None:

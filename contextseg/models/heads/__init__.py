@@ -12,9 +12,11 @@ from .ocr import OCRHead, SpatialGather, SpatialOCR, ObjectAttentionBlock
 from .psp import PSPHead
 from .saliency import CPFE, PFAHead
 from .saol import GAPFCHead, SAOLHead
+from .ssnet import SaliencyAggregation, SSNetHead
 
 __all__ = [
     "HRNetV2Head", "OCRHead", "SpatialGather", "SpatialOCR", "ObjectAttentionBlock",
     "FeatureAdapter", "FCN8sHead", "PSPHead", "ASPPHead", "ASPPLHead", "LargeFOVHead", "NonLocalHead",
-    "DANetHead", "AuxFCNHead", "PFAHead", "CPFE", "SAOLHead", "GAPFCHead",
+    "DANetHead", "AuxFCNHead", "PFAHead", "CPFE", "SAOLHead", "GAPFCHead", "SSNetHead",
+    "SaliencyAggregation",
 ]

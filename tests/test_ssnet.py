@@ -1,0 +1,223 @@
+"""SSNet (Zeng et al. ICCV 2019): the SAM formula and shapes, the loss terms, image-level labels from label maps, the
+pseudo-label rule on hand-made probabilities, a weak training that never reads pixel labels, stage 1 through the
+CLI, pseudo-label writing and both stage-2 routes, on tiny generated data."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from contextseg.cli import main
+from contextseg.data import build_dataset, write_synthetic_weak
+from contextseg.data.weak import ClassLayout, derive_image_labels, load_image_labels, save_image_labels
+from contextseg.engine.checkpoint import load_checkpoint
+from contextseg.engine.pseudo_labels import channels_to_classes, pseudo_label
+from contextseg.errors import ContextSegError
+from contextseg.models import create_model
+from contextseg.models.heads.ssnet import aggregate_saliency
+from contextseg.ssnet_loss import SSNetLoss
+
+CFG = "configs/weak/ssnet_synthetic.yaml"
+
+
+def kwargs(roots, **extra):
+    """The data.kwargs override for the generated folders."""
+    items = [f"segmentation: {{dataset: folder, root: {roots['segmentation']}}}",
+             f"saliency: {{dataset: saliency_folder, root: {roots['saliency']}, val_every: 4}}"]
+    items += [f"{k}: {v}" for k, v in extra.items()]
+    return "data.kwargs={" + ", ".join(items) + "}"
+
+
+def small(out, *extra):
+    return [f"output_dir={out}", "data.crop_size=[32,48]", "data.batch_size=2", "train.iters=2", "train.eval_interval=2",
+            "deterministic=true", *extra]
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    """Generated data and a 2-step stage-1 run through the CLI."""
+    base = tmp_path_factory.mktemp("ssnet")
+    roots = write_synthetic_weak(base / "data", n_train=4, n_val=2, n_saliency=4, size=(32, 48))
+    out = base / "stage1"
+    assert main(["train", CFG, kwargs(roots), *small(out), "--no-progress"]) == 0
+    return base, roots, out
+
+
+def test_shapes_and_the_sam_formula():
+    torch.manual_seed(0)
+    model = create_model("ssnet", backbone="hrnetv2_w18_small_v1", num_classes=5, sam_grid=3)
+    assert model.num_classes == 6 and model.head.num_foreground == 5
+    assert sum(p.numel() for p in model.head.sam.parameters()) == 3 * 3 * 128 * 5 + 5  # g^2 C_in C + C
+    for mode in (model.train(), model.eval()):
+        out = mode(torch.randn(2, 3, 33, 47))
+        assert {k: tuple(v.shape) for k, v in out.items()} == {
+            "out": (2, 6, 9, 12), "saliency": (2, 1, 9, 12), "saliency_scores": (2, 5), "class_logits": (2, 5)}
+        v, p = out["saliency_scores"], out["out"].softmax(1)
+        assert ((v > 0) & (v < 1)).all()
+        torch.testing.assert_close(out["saliency"], (v[:, :, None, None] * p[:, 1:]).sum(1, keepdim=True))
+        torch.testing.assert_close(out["class_logits"], out["out"][:, 1:].mean(dim=(2, 3)))
+        assert (out["saliency"] >= 0).all() and (out["saliency"] <= 1).all()
+    probs = torch.tensor([0.5, 0.3, 0.2]).view(1, 3, 1, 1)
+    assert aggregate_saliency(probs, torch.tensor([[1.0, 0.5]])).item() == pytest.approx(0.3 + 0.1)
+    assert aggregate_saliency(probs, torch.ones(1, 2)).item() == pytest.approx(1 - 0.5)  # all salient: 1 - P_bg
+    with pytest.raises(ContextSegError, match="C \\+ 1"):
+        aggregate_saliency(probs, torch.ones(1, 3))
+
+
+def test_loss_terms_by_hand():
+    torch.manual_seed(0)
+    out = {"out": torch.randn(4, 3, 4, 4), "class_logits": torch.randn(4, 2), "saliency": torch.rand(4, 1, 4, 4)}
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    mask = torch.randint(0, 2, (2, 8, 8))
+    mask[:, :, 6:] = 255
+    pseudo = torch.randint(0, 3, (2, 4, 4))
+    pseudo[0, 0] = 255
+    total, parts = SSNetLoss({"cls": 1.0, "saliency": 2.0, "seg": 0.5})(out, {"labels": labels, "mask": mask,
+                                                                             "pseudo": pseudo})
+    cls = F.binary_cross_entropy_with_logits(out["class_logits"][:2], labels)
+    s = F.interpolate(out["saliency"][2:], size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
+    keep = mask != 255
+    sal = F.binary_cross_entropy(s[keep], mask[keep].float())
+    seg = F.cross_entropy(out["out"][:2], pseudo, ignore_index=255)
+    torch.testing.assert_close(parts["cls"], cls)
+    torch.testing.assert_close(parts["saliency"], sal)
+    torch.testing.assert_close(parts["seg"], seg)
+    torch.testing.assert_close(total, cls + 2 * sal + 0.5 * seg)
+    assert set(SSNetLoss({"out": 1.0, "aux": 0.4}).weights.values()) == {1.0}  # the package default means "not set"
+    with pytest.raises(ContextSegError, match="not SSNet terms"):
+        SSNetLoss({"out": 1.0})
+
+
+class Maps:
+    """A stand-in segmentation set: label maps only."""
+    classes = ["road", "car", "sign", "tree"]
+    num_classes = 4
+
+    def __init__(self, maps):
+        self.maps = maps
+
+    def __len__(self):
+        return len(self.maps)
+
+    def load_label(self, i):
+        return self.maps[i]
+
+    def image_path(self, i):
+        return Path(f"img{i}.png")
+
+
+def test_image_labels_from_label_maps(tmp_path):
+    a = np.zeros((100, 100), dtype=np.uint8)  # 10000 pixels: 0.5% = 50
+    a.flat[:50] = 1  # exactly 0.5%: present
+    a.flat[50:99] = 2  # 49 pixels: absent
+    a[50:] = 255  # ignored pixels count in the total, never as a class
+    b = np.full((10, 10), 3, dtype=np.uint8)
+    ds = Maps([a, b])
+    labels = derive_image_labels(ds, 0.005, progress=False)
+    assert labels.tolist() == [[1, 1, 0, 0], [0, 0, 0, 1]]
+    assert derive_image_labels(ds, 0.0051, progress=False).tolist() == [[1, 0, 0, 0], [0, 0, 0, 1]]
+    save_image_labels(tmp_path / "labels.json", ds, labels, 0.005)
+    assert (load_image_labels(tmp_path / "labels.json", ds) == labels).all()
+    other = Maps([a, b])
+    other.classes = ["w", "x", "y", "z"]
+    with pytest.raises(ContextSegError, match="are for classes"):
+        load_image_labels(tmp_path / "labels.json", other)
+
+
+def test_pseudo_label_rule_on_hand_made_maps():
+    # channels: background, c1, c2, c3; the image is labelled {c1, c3} (c2 absent)
+    probs = torch.tensor([
+        [0.10, 0.60, 0.20, 0.10],  # restricted [.125, .75, -, .125]        -> c1
+        [0.10, 0.12, 0.70, 0.08],  # restricted [.33, .40, -, .27]: unsure  -> 255 (c1 with min_prob 0)
+        [0.70, 0.10, 0.10, 0.10],  # restricted [.78, .11, -, .11]          -> background
+        [0.20, 0.20, 0.10, 0.50],  # restricted [.22, .22, -, .56]          -> c3
+        [0.05, 0.50, 0.05, 0.40],  # restricted [.05, .53, -, .42]          -> c1
+        [0.48, 0.37, 0.10, 0.05],  # restricted [.53, .41, -, .06]          -> background
+    ]).T.reshape(4, 1, 6)
+    labels = torch.tensor([1.0, 0.0, 1.0])
+    assert pseudo_label(probs, labels, min_prob=0.5)[0].tolist() == [1, 255, 0, 3, 1, 0]
+    assert pseudo_label(probs, labels, min_prob=0.0)[0].tolist() == [1, 1, 0, 3, 1, 0]
+    # saliency for background: S~ = 0.9 P~_1 + 0.1 P~_3 = [.69, .39, .11, .26, .52, .38]; t = 0.3
+    scores = torch.tensor([0.9, 0.5, 0.1])
+    assert pseudo_label(probs, labels, scores, 0.5, bg_threshold=0.3)[0].tolist() == [1, 255, 0, 0, 1, 255]
+    # channels -> classes: CamVid-like (no background class) drops background to 255; VOC-like keeps it
+    ch = np.array([[0, 1, 3, 255]])
+    assert channels_to_classes(ch, ClassLayout(["a", "b", "c"]).channel_to_class).tolist() == [[255, 0, 2, 255]]
+    voc = ClassLayout(["bg", "a", "b", "c"], background_class=0)
+    assert voc.names == ["bg", "a", "b", "c"] and channels_to_classes(ch, voc.channel_to_class).tolist() == [[0, 1, 3, 255]]
+    with pytest.raises(ContextSegError, match="C \\+ 1"):
+        pseudo_label(probs, torch.ones(2))
+
+
+def test_weak_training_never_reads_pixel_labels(tmp_path):
+    """Same image-level labels file, true label maps vs all-255 ones: identical weights after training."""
+    roots = write_synthetic_weak(tmp_path / "data", n_train=4, n_val=1, n_saliency=4, size=(32, 48))
+    blank = tmp_path / "blank"
+    shutil.copytree(roots["segmentation"], blank)
+    for m in (blank / "train" / "masks").glob("*.png"):
+        Image.fromarray(np.full_like(np.asarray(Image.open(m)), 255)).save(m)
+    seg = build_dataset("folder", "train", root=roots["segmentation"])
+    labels_file = tmp_path / "image_labels.json"
+    save_image_labels(labels_file, seg, derive_image_labels(seg, progress=False), 0.005)
+    assert derive_image_labels(build_dataset("folder", "train", root=blank), progress=False).sum() == 0
+    states = []
+    for name, root in (("true", roots["segmentation"]), ("blank", blank)):
+        r = {**roots, "segmentation": root}
+        k = kwargs(r, image_labels=labels_file).replace("val_every: 4}", "val_every: 4, val_split: null}")
+        assert main(["train", CFG, k, *small(tmp_path / name, "data.val_split=", "train.checkpoint_interval=2"),
+                     "--no-progress"]) == 0
+        states.append(load_checkpoint(tmp_path / name / "last.pt")["model"])
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+
+
+def test_stage1_cli_trains_and_evaluates(stage1, tmp_path, capsys):
+    base, roots, out = stage1
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"mIoU", "per_class_iou", "sal_max_f", "sal_mae", "sal_s_measure"} <= set(summary["final"])
+    assert summary["final"]["sal_images"] == 1
+    train_log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][0]
+    assert {"loss_cls", "loss_saliency"} <= set(train_log) and "loss_seg" not in train_log
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["classes"] == ["background", "sky", "ground", "disc", "box", "triangle", "stripes"]
+    assert (out / "image_labels.json").exists()
+    assert main(["eval", CFG, kwargs(roots), f"output_dir={out}", "--checkpoint", str(out / "best.pt"),
+                 "--out", str(tmp_path / "eval.json"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["mIoU"] == pytest.approx(summary["final"]["mIoU"])
+    assert report["sal_max_f"] == pytest.approx(summary["final"]["sal_max_f"])
+    capsys.readouterr()
+    assert main(["train", CFG, kwargs(roots), *small(tmp_path / "x"), "model.arch=fcn", "--no-progress"]) == 2
+    assert "model.arch=ssnet" in capsys.readouterr().err
+    assert main(["train", "configs/synthetic_fcn.yaml", "model.arch=ssnet", *small(tmp_path / "y"), "--no-progress"]) == 2
+    assert "weak_saliency" in capsys.readouterr().err
+
+
+def test_pseudo_labels_and_both_stage2_routes(stage1, tmp_path):
+    base, roots, out = stage1
+    plabels = tmp_path / "pseudo"
+    assert main(["pseudo-labels", CFG, kwargs(roots), "--checkpoint", str(out / "best.pt"), "--out", str(plabels),
+                 "--min-prob", "0.3", "--no-progress"]) == 0
+    report = json.loads((plabels / "pseudo_labels.json").read_text())
+    assert report["images"] == 4 and 0 <= report["coverage"] <= 1 and report["mIoU"] <= report["mIoU_labelled"] + 1e-9
+    image_labels = json.loads((out / "image_labels.json").read_text())["images"]
+    for png in sorted(plabels.glob("*.png")):
+        values = set(np.unique(np.asarray(Image.open(png))).tolist()) - {255}
+        assert values <= set(image_labels[png.stem])  # only the image's labelled classes
+    # stage 2, ordinary route: the pseudo_labels dataset serves the pseudo masks for train, true labels for val
+    train = build_dataset("pseudo_labels", "train", root=roots["segmentation"], labels=str(plabels), source="folder")
+    val = build_dataset("pseudo_labels", "val", root=roots["segmentation"], labels=str(plabels), source="folder")
+    assert np.array_equal(train.raw(0)[1], np.asarray(Image.open(plabels / "00000.png")))
+    assert val.masks[0].parent.name == "masks" and len(val) == 2
+    with pytest.raises(ContextSegError, match="contextseg pseudo-labels"):
+        build_dataset("pseudo_labels", "train", root=roots["segmentation"], labels=str(tmp_path / "none"),
+                      source="folder")
+    # stage 2 as the paper: SSNet on pseudo labels + saliency
+    s2 = tmp_path / "stage2"
+    assert main(["train", CFG, kwargs(roots, pseudo_labels=plabels), *small(s2, "train.iters=1", "train.eval_interval=1"),
+                 "loss.weights={seg: 1.0, saliency: 1.0, cls: 0.0}", "--no-progress"]) == 0
+    record = json.loads((s2 / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"loss_seg", "loss_saliency"} <= set(record) and "loss_cls" not in record
