@@ -199,7 +199,7 @@ def _run(args) -> int:
         if os.environ.get("RANK", "0") != "0":  # a distributed worker: rank 0 reports
             return 0
         print(f"done: {summary['step']} steps in {summary['train_seconds']:.0f} s; "
-              f"best {100 * summary['best']:.2f} {summary.get('key_metric', 'mIoU')}; checkpoints in {cfg.output_dir}")
+              f"best {100 * summary['best']:.2f} {summary['key_metric']}; checkpoints in {cfg.output_dir}")
         return 0
     if args.command == "eval":
         segmentation.evaluate_checkpoint(cfg, args.checkpoint, split=args.split, progress=not args.no_progress,

@@ -130,7 +130,6 @@ def train_classification(cfg: Config, resume=None, progress: bool = True, stop_a
     trainer = Trainer(cfg, model, loss, train_set, evaluate_fn, meta=meta, progress=progress,
                       batch_transform=build_label_mix(cfg.data), key_metric=KEY_METRIC)
     summary = trainer.fit(resume=resume, stop_at=stop_at)
-    summary["key_metric"] = KEY_METRIC
     if rank == 0 and summary.get("final"):
         print(format_classification(summary["final"]))
     return summary

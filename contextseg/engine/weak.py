@@ -167,7 +167,6 @@ def train_weak(cfg: Config, resume=None, progress: bool = True, stop_at: int | N
     trainer = Trainer(cfg, model, loss, train_set, evaluate_fn, meta={"classes": layout.names, "palette": layout.palette},
                       progress=progress, batch_transform=unpair, key_metric=key)
     summary = trainer.fit(resume=resume, stop_at=stop_at)
-    summary["key_metric"] = key
     if rank == 0 and summary.get("final"):
         print(format_weak(summary["final"]))
     return summary
