@@ -104,12 +104,17 @@ def test_merged_metrics_equal_one_pass():
     assert SODMetrics.merged([a, b]).compute() == whole.compute()
 
 
+def tiny_run(root, out, iters: int) -> list[str]:
+    """Overrides of configs/ecssd/pfa_vgg16.yaml for a few 32x32 steps on a generated folder."""
+    return [f"output_dir={out}", "data.dataset=saliency_folder", f"data.root={root}", "data.kwargs={val_every: 4}",
+            "data.crop_size=[32,32]", "data.batch_size=2", "data.num_workers=0", f"train.iters={iters}",
+            f"train.eval_interval={iters}", "train.amp=none", "train.channels_last=false", "train.warmup_iters=0"]
+
+
 def test_train_and_eval_cli(tmp_path, capsys):
     root = write_sod_folder(tmp_path / "sod")
     out = tmp_path / "run"
-    common = [f"output_dir={out}", "data.dataset=saliency_folder", f"data.root={root}", "data.kwargs={val_every: 4}",
-              "data.crop_size=[32,32]", "data.batch_size=2", "data.num_workers=0", "train.iters=3",
-              "train.eval_interval=3", "train.amp=none", "train.channels_last=false", "train.warmup_iters=0"]
+    common = tiny_run(root, out, iters=3)
     assert main(["train", "configs/ecssd/pfa_vgg16.yaml", *common, "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert {"mae", "max_f", "s_measure", "max_e", "w_f"} <= set(summary["final"]) and summary["final"]["images"] == 3
@@ -135,9 +140,7 @@ def test_saliency_checkpoint_exports_to_onnx(tmp_path):
 
     root = write_sod_folder(tmp_path / "sod")
     out = tmp_path / "run"
-    common = [f"output_dir={out}", "data.dataset=saliency_folder", f"data.root={root}", "data.kwargs={val_every: 4}",
-              "data.crop_size=[32,32]", "data.batch_size=2", "data.num_workers=0", "train.iters=2",
-              "train.eval_interval=2", "train.amp=none", "train.channels_last=false", "train.warmup_iters=0"]
+    common = tiny_run(root, out, iters=2)
     assert main(["train", "configs/ecssd/pfa_vgg16.yaml", *common, "--no-progress"]) == 0
     export_onnx(out / "best.pt", tmp_path / "pfa.onnx", size=(32, 32))
     model = OnnxModel(tmp_path / "pfa.onnx")
