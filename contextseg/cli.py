@@ -7,6 +7,8 @@ import sys
 
 from .errors import ContextSegError
 
+BACKEND_CHOICES = ("eager", "auto", "torch", "compile", "onnxruntime", "openvino", "bf16", "int8")
+
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     """Test-time multi-scale / flip / sliding-window flags shared by eval and predict (none = as trained)."""
@@ -21,6 +23,13 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="sliding-window inference with H x W windows (e.g. the training crop)")
     g.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"),
                    help="sliding-window step (default: the window, no overlap; e.g. 2/3 of it)")
+
+
+def _add_backend_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=BACKEND_CHOICES, metavar="NAME",
+                   help="inference engine: eager, torch (BatchNorm folded + channels_last), compile, onnxruntime, "
+                        "openvino, auto (the fastest exact one, probed once per model and size), bf16, int8 "
+                        "(default: bf16 eager where the CPU runs it natively, else torch)")
 
 
 def _inference_kwargs(args) -> dict:
@@ -49,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", help="dataset split to evaluate (default: data.val_split)")
     e.add_argument("--out", metavar="JSON", help="also write the metrics as JSON")
     e.add_argument("--no-progress", action="store_true")
+    _add_backend_option(e)
     _add_inference_options(e)
 
     r = sub.add_parser("predict", help="predict label maps and overlays for images")
@@ -58,11 +68,13 @@ def _parser() -> argparse.ArgumentParser:
                         "(put the images before --checkpoint)")
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--device", default="auto")
-    r.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    r.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+                   help="autocast precision (default auto: bf16 where the hardware runs it natively, else fp32)")
     r.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--save-attention", action="store_true",
                    help="also write each scale's attention weights as STEM_attn_sSCALE.png (attention merges)")
+    _add_backend_option(r)
     _add_inference_options(r)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch with onnxruntime")
@@ -79,20 +91,23 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--merge", choices=["avg", "max", "attention", "hierarchical"])
     x.add_argument("--flip", action="store_true", help="export flip averaging too")
 
-    b = sub.add_parser("bench", help="inference latency of a checkpoint or a model in fp32 / bf16 / fp16 / "
-                                     "BN-fused / onnxruntime")
+    b = sub.add_parser("bench", help="inference (and --train: training-step) speed of a checkpoint or a model in "
+                                     "every mode and backend this machine offers")
     b.add_argument("model", metavar="CKPT_OR_ARCH:BACKBONE",
-                   help="a checkpoint (.pt or .onnx is not needed: the onnx mode exports it), or e.g. "
-                        "ocr:hrnetv2_w18_small_v2 for a freshly initialised model")
+                   help="a checkpoint, or e.g. ocr:hrnetv2_w18_small_v2 for a freshly initialised model")
     b.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--num-classes", type=int, default=19, help="for ARCH:BACKBONE (default 19)")
     b.add_argument("--repeats", type=int, default=10)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--modes", nargs="+", metavar="MODE",
-                   help="fp32 bf16 fp16 fused onnx (default: those this machine can run)")
+                   help="inference modes: eager eager_cl torch compile onnxruntime openvino auto bf16 fp16 int8 "
+                        "(default: those this machine offers; compile and int8 only when named)")
+    b.add_argument("--train", nargs="*", metavar="MODE", default=None,
+                   help="also time training steps: fp32 fp32_cl bf16_cl compile (no names: fp32 fp32_cl bf16_cl)")
+    b.add_argument("--calibration", metavar="DIR", help="images that calibrate the int8 mode (e.g. 16 training images)")
     b.add_argument("--device", default="auto")
-    b.add_argument("--out", metavar="JSON", help="also write the rows as JSON")
+    b.add_argument("--out", metavar="JSON", help="also write every row as JSON")
 
     w = sub.add_parser("pseudo-labels", help="write stage-2 pseudo labels from a stage-1 SSNet checkpoint and report "
                                              "their mIoU against the true labels")
@@ -110,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("models", help="list model architectures and backbones")
+
+    v = sub.add_parser("env", help="this machine as speed figures need it: CPU, instruction sets, threads, the "
+                                   "precision amp=auto picks, inference backends, measured conv GFLOP/s")
+    v.add_argument("--json", metavar="FILE", help="also write it as JSON")
+    v.add_argument("--no-measure", action="store_true", help="skip the convolution throughput probes (~2 s)")
 
     d = sub.add_parser("doctor", help="babysitting checks before a long run (init loss, overfit one batch, lr range "
                                       "test, update ratios, gradchecks, data); exit status 1 on a FAIL")
@@ -149,6 +169,18 @@ def _run(args) -> int:
         print("architectures:", ", ".join(list_models()))
         print("backbones:    ", ", ".join(list_backbones()))
         return 0
+    if args.command == "env":
+        import json
+        from pathlib import Path
+
+        from .engine.env_report import environment, format_environment
+
+        info = environment(measure=not args.no_measure)
+        print(format_environment(info))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(info, indent=2))
+        return 0
     if args.command in ("export", "bench"):
         _refuse_classifier(args.checkpoint if args.command == "export" else args.model, args.command)
     if args.command == "export":
@@ -173,7 +205,8 @@ def _run(args) -> int:
             print(f"wrote predictions.json for {len(rows)} images to {args.out}")
             return 0
 
-        pred = Predictor(args.checkpoint, device=args.device, amp=args.amp, **_inference_kwargs(args))
+        pred = Predictor(args.checkpoint, device=args.device, amp=args.amp, backend=args.backend,
+                         **_inference_kwargs(args))
         written = pred.predict_files(args.inputs, args.out, alpha=args.alpha, progress=not args.no_progress,
                                      save_attention=args.save_attention)
         extra = ", _attn_s*.png" if args.save_attention else ""
@@ -203,7 +236,7 @@ def _run(args) -> int:
         return 0
     if args.command == "eval":
         segmentation.evaluate_checkpoint(cfg, args.checkpoint, split=args.split, progress=not args.no_progress,
-                                         out=args.out, **_inference_kwargs(args))
+                                         out=args.out, backend=args.backend, **_inference_kwargs(args))
         return 0
     if args.command == "pseudo-labels":
         from .engine.pseudo_labels import write_pseudo_labels
@@ -228,10 +261,6 @@ def _run(args) -> int:
                             progress=not args.no_progress)
         return 1 if report["overall"] == "FAIL" else 0
     raise AssertionError(args.command)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def _refuse_classifier(model: str, command: str) -> None:
@@ -269,10 +298,36 @@ def _bench(args) -> int:
                               f"ocr:hrnetv2_w18_small_v2; `contextseg models` lists the names)")
     if args.batch < 1 or args.repeats < 1:
         raise ContextSegError("--batch and --repeats must be >= 1")
+    from .engine.bench import default_train_modes
+    from .engine.env_report import environment
+    from .engine.runtime import select_device
+
+    train_modes = None
+    if args.train is not None:
+        train_modes = args.train or default_train_modes(select_device(args.device))
+    calibration = _calibration_batches(args.calibration, args.size) if args.calibration else None
     print(f"{args.model}: batch {args.batch} x {args.size[0]}x{args.size[1]}, median of {args.repeats} runs")
     rows = benchmark(model, size=args.size, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
-                     modes=args.modes, device=args.device)
+                     modes=args.modes, device=args.device, train_modes=train_modes, calibration=calibration)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"model": args.model, "rows": rows}, indent=2))
+        Path(args.out).write_text(json.dumps({"model": args.model, "machine": environment(measure=False),
+                                              "rows": rows}, indent=2))
     return 0
+
+
+def _calibration_batches(folder: str, size) -> list:
+    """Up to 16 images of ``folder`` resized to ``size`` and normalised as in training, one batch each."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .data import eval_transform, read_image
+    from .engine.predictor import collect_images
+
+    transform = eval_transform()
+    batches = []
+    for path in collect_images([folder])[:16]:
+        image = np.asarray(Image.fromarray(read_image(path)).resize((size[1], size[0]), Image.BILINEAR))
+        batches.append(transform(image, None)[0].unsqueeze(0).to(torch.float32))
+    return batches

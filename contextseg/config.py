@@ -59,7 +59,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1  # warm-up starts at lr * warmup_ratio
     poly_power: float = 0.9
     min_lr: float = 0.0
-    amp: str = "none"  # none | bf16 | fp16 (fp16 only on CUDA)
+    # auto: bf16 where the hardware runs it natively (AVX-512-BF16 / AMX CPU, CUDA), else fp32; or none | bf16 | fp16
+    # (fp16 only on CUDA); engine.runtime.resolve_amp decides, and the run prints and saves its choice and reason
+    amp: str = "auto"
     channels_last: bool = False
     eval_interval: int = 200
     log_interval: int = 20
@@ -193,8 +195,8 @@ def validate(cfg: Config) -> Config:
     t, d = cfg.train, cfg.data
     if t.optimizer not in ("sgd", "adamw"):
         raise ContextSegError(f"train.optimizer must be 'sgd' or 'adamw', got {t.optimizer!r}")
-    if t.amp not in ("none", "bf16", "fp16"):
-        raise ContextSegError(f"train.amp must be 'none', 'bf16' or 'fp16', got {t.amp!r}")
+    if t.amp not in ("auto", "none", "bf16", "fp16"):
+        raise ContextSegError(f"train.amp must be 'auto', 'none', 'bf16' or 'fp16', got {t.amp!r}")
     if t.iters < 1 or t.lr <= 0:
         raise ContextSegError("train.iters must be >= 1 and train.lr > 0")
     if len(d.crop_size) != 2 or len(d.scale_range) != 2:

@@ -17,15 +17,12 @@ the TorchScript exporter is the fallback (``exporter="torchscript"`` to choose i
 from __future__ import annotations
 
 import json
-import logging
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data.transforms import MEAN, STD
@@ -33,33 +30,8 @@ from .engine.checkpoint import load_model
 from .engine.predictor import Predictor
 from .errors import ContextSegError
 from .models.multiscale import configure_inference
+from .onnx_graph import DeployModel, export_graph, require
 from .visualize import default_palette
-
-OUTPUTS = ("logits", "labels")
-
-
-def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ContextSegError(f"{module} is not installed; install the export extra: "
-                              f"pip install onnx onnxruntime onnxscript (or pip install -e '.[export]')") from None
-
-
-class DeployModel(nn.Module):
-    """(B, 3, H, W) normalised image -> logits (B, K, H, W) at the input size, or labels (B, H, W) int64."""
-
-    def __init__(self, model: nn.Module, output: str = "logits"):
-        super().__init__()
-        if output not in OUTPUTS:
-            raise ContextSegError(f"unknown export output {output!r}; choose one of {', '.join(OUTPUTS)}")
-        self.model, self.output = model, output
-
-    def forward(self, image: Tensor) -> Tensor:
-        logits = self.model(image)["out"]
-        logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.argmax(1) if self.output == "labels" else logits
-
 
 @dataclass
 class ExportReport:
@@ -77,46 +49,21 @@ class ExportReport:
                 f"max |diff| {self.max_abs_diff:.2e}, labels agree on {100 * self.label_agreement:.3f}% of pixels")
 
 
-def _export(module: nn.Module, example: Tensor, path: Path, dynamic: bool, opset: int, exporter: str) -> None:
-    out_name = module.output
-    axes = {0: "batch", 1: "height", 2: "width"} if out_name == "labels" else {0: "batch", 2: "height", 3: "width"}
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" and the like
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes
-            if exporter == "dynamo":
-                _require("onnxscript")
-                dims = ({0: torch.export.Dim("batch", min=1, max=256), 2: torch.export.Dim("height", min=16, max=8192),
-                         3: torch.export.Dim("width", min=16, max=8192)},) if dynamic else None
-                program = torch.onnx.export(module, (example,), dynamo=True, input_names=["image"],
-                                            output_names=[out_name], dynamic_shapes=dims, opset_version=opset,
-                                            verbose=False)
-                program.save(str(path))
-            else:
-                torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=["image"],
-                                  output_names=[out_name], opset_version=opset,
-                                  dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, out_name: axes}
-                                  if dynamic else None)
-    finally:
-        quiet.setLevel(level)
-
-
 def export_onnx(model, path: str | Path, size=(512, 512), output: str = "logits", dynamic: bool = True,
-                opset: int = 18, exporter: str = "auto", check_sizes=None, atol: float = 1e-3,
+                opset: int = 18, exporter: str = "auto", check_sizes=None, rtol: float = 1e-3,
                 scales=None, merge=None, flip: bool = False) -> ExportReport:
     """Export ``model`` (a checkpoint path or a model) to ONNX at ``path`` and check it with onnxruntime.
 
     size: (H, W) of the example input (the size the graph is traced at; other sizes work when ``dynamic``).
     exporter: "dynamo", "torchscript" or "auto" (dynamo, then TorchScript if dynamo fails).
     check_sizes: input sizes compared between onnxruntime and PyTorch (default: ``size`` and, when dynamic, a
-        second odd size); a max |logit difference| above ``atol`` raises ContextSegError, the file is kept for
-        inspection. scales/merge/flip: export the test-time pyramid too (``configure_inference``).
+        second odd size); a max |logit difference| above ``rtol`` times the logit scale (max |PyTorch logit|)
+        raises ContextSegError, the file is kept for inspection.
+    scales/merge/flip: export the test-time pyramid too (``configure_inference``).
     The file is written atomically (temp file + rename). Returns an ExportReport.
     """
-    onnx = _require("onnx")
-    ort = _require("onnxruntime")
+    onnx = require("onnx")
+    ort = require("onnxruntime")
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise ContextSegError(f"unknown exporter {exporter!r}; choose auto, dynamo or torchscript")
     if isinstance(model, (str, Path)):
@@ -133,7 +80,7 @@ def export_onnx(model, path: str | Path, size=(512, 512), output: str = "logits"
     errors = []
     for name in tried:
         try:
-            _export(deploy, example, tmp, dynamic, opset, name)
+            export_graph(deploy, example, tmp, dynamic, opset, name)
             used = name
             break
         except ContextSegError:
@@ -160,7 +107,7 @@ def export_onnx(model, path: str | Path, size=(512, 512), output: str = "logits"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     sizes = [tuple(s) for s in check_sizes] if check_sizes else [size] + ([(size[0] + 33, size[1] - 15)] if dynamic
                                                                            else [])
-    worst, agree, pixels = 0.0, 0, 0
+    worst, scale, agree, pixels = 0.0, 0.0, 0, 0
     for s in sizes:
         x = torch.randn(1, example.shape[1], *s)
         with torch.no_grad():
@@ -173,12 +120,14 @@ def export_onnx(model, path: str | Path, size=(512, 512), output: str = "logits"
             agree += int((got == ref).sum())
         else:
             worst = max(worst, float(np.abs(got - ref).max()))
+            scale = max(scale, float(np.abs(ref).max()))
             agree += int((got.argmax(1) == ref.argmax(1)).sum())
         pixels += int(np.prod(s))
     report = ExportReport(str(path), used, seconds, path.stat().st_size / 2**20, worst, agree / pixels,
                           [list(s) for s in sizes])
-    if output == "logits" and worst > atol:
-        raise ContextSegError(f"the ONNX model differs from PyTorch by up to {worst:.3g} (> atol {atol}); "
+    if output == "logits" and worst > rtol * max(scale, 1e-12):
+        raise ContextSegError(f"the ONNX model differs from PyTorch by up to {worst:.3g}, {worst / scale:.2g} of the "
+                              f"logit scale {scale:.3g} (> rtol {rtol}); "
                               f"{path} is kept for inspection: try exporter='torchscript' or another opset")
     return report
 
@@ -191,7 +140,7 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path: str | Path, providers=None, threads: int | None = None):
         super().__init__()
-        ort = _require("onnxruntime")
+        ort = require("onnxruntime")
         path = Path(path)
         if not path.is_file():
             raise ContextSegError(f"ONNX file {str(path)!r} not found; write one with `contextseg export CHECKPOINT`")

@@ -1,132 +1,248 @@
-"""``contextseg bench``: inference latency of one model in the execution modes this machine offers.
+"""``contextseg bench``: inference (and with ``train=True`` training-step) speed of one model in every execution mode
+this machine offers, each against eager fp32 on the same random batch.
 
-Modes (each on the same random batch, after warm-up; median of ``repeats`` timed forward passes):
-    fp32       eager float32
-    bf16       bfloat16 autocast + channels_last (CPUs with AVX-512 BF16 / AMX, or CUDA)
-    fp16       float16 autocast + channels_last (CUDA only)
-    fused      float32 with BatchNorm folded into the convolutions (``fuse_conv_bn``)
-    onnx       onnxruntime on an ONNX export of the model (CPU; needs the export extra)
-Every mode ends with the logits upsampled to the input size (as prediction needs them). Reported per mode:
-seconds per batch and per image, images per second, speed-up over fp32, and the largest difference of the logits
-from fp32 (what the mode costs in accuracy).
+Inference modes (median of ``repeats`` timed calls after warm-up; every mode ends with logits at the input size):
+    eager        the model as built, float32 (the reference every other row is compared with)
+    eager_cl     the same with channels_last memory format
+    torch, compile, onnxruntime, openvino, auto, bf16, int8
+                 the inference backends of ``contextseg.engine.backends`` (auto: the fastest exact one)
+    fp16         float16 autocast + channels_last (CUDA only)
+Old names still work: fp32 = eager, fused = torch, onnx = onnxruntime.
+Training modes (``train=True``; one SGD step on the batch with CE on every output, median seconds):
+    fp32, fp32_cl (channels_last), bf16_cl (bf16 autocast + channels_last), compile (torch.compile, fp32 channels_last)
+
+A mode that cannot run here gives its row with ``skipped``: the one-line reason, never an exception. Each row has
+s_per_img, img_per_s, speed-up over eager fp32, GFLOP/s (from the model's FLOP count), and for inference the largest
+logit difference relative to the logit scale (``rel_diff``) and the share of pixels whose class agrees with fp32.
 """
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ContextSegError
-from ..models.fuse import fuse_conv_bn
+from .backends import EXACT, optimize_for_inference
+from .hardware import native_bf16
 from .runtime import select_device
 
-MODES = ("fp32", "bf16", "fp16", "fused", "onnx")
+INFER_MODES = ("eager", "eager_cl", "torch", "compile", "onnxruntime", "openvino", "auto", "bf16", "fp16", "int8")
+TRAIN_MODES = ("fp32", "fp32_cl", "bf16_cl", "compile")
+ALIASES = {"fp32": "eager", "fused": "torch", "onnx": "onnxruntime"}
 
 
 def default_modes(device: torch.device) -> list[str]:
-    modes = ["fp32", "bf16", "fused"]
     if device.type == "cuda":
-        modes.insert(2, "fp16")
-    if device.type == "cpu" and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript")):
-        modes.append("onnx")
-    return modes
+        return ["eager", "eager_cl", "bf16", "fp16"]
+    return ["eager", "eager_cl", "torch", "onnxruntime", "openvino", "auto", "bf16"]
 
 
-def _timed(fn, repeats: int, warmup: int, device: torch.device) -> tuple[list[float], torch.Tensor]:
+def default_train_modes(device: torch.device) -> list[str]:
+    return ["fp32", "fp32_cl", "bf16_cl"]
+
+
+def gflops_per_image(model: nn.Module, size, in_channels: int = 3) -> float | None:
+    """Forward GFLOPs of one image (2 FLOPs per multiply-add, torch's FLOP counter); None where it cannot count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, in_channels, *size, device=next(model.parameters()).device))
+        return counter.get_total_flops() / 1e9
+    except Exception:  # a model the counter cannot trace: the rows go without GFLOP/s
+        return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, repeats: int, warmup: int, device: torch.device) -> tuple[float, object]:
     out = None
     for _ in range(warmup):
         out = fn()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         start = time.perf_counter()
         out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         times.append(time.perf_counter() - start)
-    return times, out
+    return statistics.median(times), out
 
 
-def benchmark(model: nn.Module, size=(512, 512), batch: int = 1, repeats: int = 10, warmup: int = 2,
-              modes=None, device: str = "auto", progress=print) -> list[dict]:
-    """Time ``model`` (eval mode) on a (batch, C, H, W) random input in each mode; returns one dict per mode."""
-    dev = select_device(device)
-    modes = list(modes or default_modes(dev))
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise ContextSegError(f"unknown bench mode(s) {unknown}; choose from {', '.join(MODES)}")
-    if "fp16" in modes and dev.type != "cuda":
-        raise ContextSegError("mode fp16 needs CUDA; on the CPU use bf16")
-    if "onnx" in modes and dev.type != "cpu":
-        raise ContextSegError("mode onnx runs on onnxruntime's CPU provider; bench it with --device cpu")
-    model = model.float().eval().to(dev)
-    x = torch.randn(batch, getattr(model, "in_channels", 3), *size, device=dev)
-    rows, reference = [], None
-    for mode in ["fp32"] + [m for m in modes if m != "fp32"]:
-        fn = _at_input_size(_runner(model, x, mode, size), size)
-        with torch.no_grad():
-            times, out = _timed(fn, repeats, warmup, dev)
-        out = out.float().cpu()
-        if reference is None:
-            reference = out
-        median = statistics.median(times)
-        row = {"mode": mode, "batch": batch, "size": list(size), "s_per_batch": median, "s_per_img": median / batch,
-               "img_per_s": batch / median, "max_abs_diff": float((out - reference).abs().max()),
-               "device": str(dev), "threads": torch.get_num_threads()}
-        rows.append(row)
-    base = rows[0]["s_per_batch"]
-    for row in rows:
-        row["speedup"] = base / row["s_per_batch"]
-    rows = [r for r in rows if r["mode"] in modes]
-    if progress:
-        progress(format_rows(rows))
-    return rows
+def _at_input_size(logits: torch.Tensor, size) -> torch.Tensor:
+    logits = logits.float()
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def _runner(model: nn.Module, x: torch.Tensor, mode: str, size):
-    dev = x.device
-    if mode == "fp32":
-        return lambda: model(x)["out"]
-    if mode in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if mode == "bf16" else torch.float16
-        fast = model.to(memory_format=torch.channels_last)
+def _infer_runner(model: nn.Module, x: torch.Tensor, mode: str, calibration):
+    size = x.shape[-2:]
+    if mode == "eager":
+        return lambda: _at_input_size(model(x)["out"], size)
+    if mode in ("eager_cl", "fp16"):
+        if mode == "fp16" and x.device.type != "cuda":
+            raise ContextSegError("fp16 autocast runs on CUDA only; on the CPU see bf16")
+        fast = _copy_cl(model)
         xc = x.contiguous(memory_format=torch.channels_last)
 
         def run():
-            with torch.autocast(dev.type, dtype=dtype):
-                return fast(xc)["out"]
+            with torch.autocast(x.device.type, dtype=torch.float16, enabled=mode == "fp16"):
+                return _at_input_size(fast(xc)["out"], size)
         return run
-    if mode == "fused":
-        fused = fuse_conv_bn(model.to(memory_format=torch.contiguous_format))
-        return lambda: fused(x)["out"]
-    from ..export import OnnxModel, export_onnx  # mode == "onnx"
+    if mode == "bf16" and x.device.type == "cuda":
+        if not native_bf16(x.device)[0]:
+            raise ContextSegError(native_bf16(x.device)[1])
+        fast, xc = _copy_cl(model), x.contiguous(memory_format=torch.channels_last)
 
-    path = Path(tempfile.mkdtemp(prefix="contextseg-bench-")) / "model.onnx"
-    export_onnx(model.to(memory_format=torch.contiguous_format), path, size=size, check_sizes=[size])
-    ort_model = OnnxModel(path)
-    return lambda: ort_model(x)["out"]  # already at the input size
+        def run_bf16():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return _at_input_size(fast(xc)["out"], size)
+        return run_bf16
+    if x.device.type != "cpu":
+        raise ContextSegError(f"backend {mode} runs on the CPU; bench it with --device cpu")
+    engine = optimize_for_inference(model, x, mode, calibration=calibration)
+    label = engine.backend if mode == "auto" else None
+    runner = lambda: engine(x)["out"]  # noqa: E731
+    runner.chosen = label
+    return runner
 
 
-def _at_input_size(fn, size):
-    """Logits upsampled to the input size (bilinear, as prediction does), so every mode is timed and compared on
-    the same output; the ONNX graph already ends with this resize."""
-    def run():
-        out = fn().float()
-        if tuple(out.shape[-2:]) == tuple(size):
-            return out
-        return torch.nn.functional.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
-    return run
+def _copy_cl(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+
+def benchmark(model: nn.Module, size=(512, 512), batch: int = 1, repeats: int = 10, warmup: int = 2,
+              modes=None, device: str = "auto", progress=print, train_modes=None, calibration=None) -> list[dict]:
+    """Time ``model`` on a (batch, C, H, W) random input in each inference mode (and each of ``train_modes``);
+    returns one dict per mode (``kind``: infer | train). Modes that cannot run here get ``skipped``."""
+    dev = select_device(device)
+    modes = [ALIASES.get(m, m) for m in (modes if modes is not None else default_modes(dev))]
+    train_modes = list(train_modes or [])
+    unknown = [m for m in modes if m not in INFER_MODES] + [m for m in train_modes if m not in TRAIN_MODES]
+    if unknown:
+        raise ContextSegError(f"unknown bench mode(s) {unknown}; inference: {', '.join(INFER_MODES)}; training "
+                              f"(--train): {', '.join(TRAIN_MODES)}")
+    model = model.float().eval().to(dev)
+    in_channels = getattr(model, "in_channels", 3)
+    x = torch.randn(batch, in_channels, *size, device=dev, generator=torch.Generator().manual_seed(0)
+                    if dev.type == "cpu" else None)
+    gflops = gflops_per_image(model, size, in_channels)
+    common = {"batch": batch, "size": list(size), "device": str(dev), "threads": torch.get_num_threads(),
+              "gflops_per_img": gflops}
+    rows = []
+    if progress:
+        progress(HEADER)
+    with torch.no_grad():
+        base_s, reference = _timed(_infer_runner(model, x, "eager", None), repeats, warmup, dev)
+    scale = float(reference.abs().max()) or 1.0
+    for mode in ["eager"] + [m for m in modes if m != "eager"]:
+        row = {"kind": "infer", "mode": mode, **common}
+        try:
+            if mode == "eager":
+                seconds, out = base_s, reference
+            else:
+                with torch.no_grad():
+                    runner = _infer_runner(model, x, mode, calibration)
+                    seconds, out = _timed(runner, repeats, warmup, dev)
+                if getattr(runner, "chosen", None):
+                    row["backend"] = runner.chosen
+            out = out.float()
+            row.update(_speed(seconds, batch, base_s, gflops))
+            row["rel_diff"] = float((out - reference).abs().max()) / scale
+            row["label_agreement"] = float((out.argmax(1) == reference.argmax(1)).float().mean())
+            row["exact"] = mode in ("eager", "eager_cl", *EXACT) or row.get("backend") in EXACT
+        except Exception as exc:  # bench never fails whole: the mode's row says why
+            row["skipped"] = _reason(exc)
+        if mode in modes:
+            rows.append(row)
+            if progress:
+                progress(format_row(row))
+    if train_modes:
+        base_train = None
+        for mode in train_modes:
+            row = {"kind": "train", "mode": mode, **common}
+            try:
+                seconds = time_train_step(model, x, mode, repeats=max(2, repeats // 2), warmup=max(1, warmup))
+                base_train = base_train or (seconds if mode == "fp32" else None)
+                row.update(_speed(seconds, batch, base_train or seconds, 3 * gflops if gflops else None))
+                row["train_s_per_img"] = row["s_per_img"]
+            except Exception as exc:
+                row["skipped"] = _reason(exc)
+            rows.append(row)
+            if progress:
+                progress(format_row(row))
+    return rows
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return text if isinstance(exc, ContextSegError) else f"{exc.__class__.__name__}: {text}"[:300]
+
+
+def _speed(seconds: float, batch: int, base: float, gflops: float | None) -> dict:
+    row = {"s_per_batch": seconds, "s_per_img": seconds / batch, "img_per_s": batch / seconds,
+           "speedup": base / seconds}
+    if gflops:
+        row["gflop_per_s"] = gflops * batch / seconds
+    return row
+
+
+def time_train_step(model: nn.Module, x: torch.Tensor, mode: str, repeats: int = 3, warmup: int = 1) -> float:
+    """Median seconds of one SGD step (forward, CE on every output at the input size, backward, update) on a copy
+    of ``model`` in training ``mode`` (fp32 | fp32_cl | bf16_cl | compile)."""
+    import copy
+
+    dev = x.device
+    if mode == "bf16_cl" and not native_bf16(dev)[0]:
+        raise ContextSegError(f"{native_bf16(dev)[1]}; time it anyway with amp=bf16 in a training run")
+    net = copy.deepcopy(model).train()
+    cl = mode != "fp32"
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    forward = torch.compile(net) if mode == "compile" else net
+    classes = max(int(getattr(model, "num_classes", 2) or 2), 2)
+    labels = torch.randint(0, classes, (x.shape[0], *x.shape[-2:]), device=dev,
+                           generator=torch.Generator().manual_seed(1) if dev.type == "cpu" else None)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, foreach=True)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mode == "bf16_cl"):
+            out = forward(x)
+        loss = sum(F.cross_entropy(_at_input_size(v, x.shape[-2:]), labels) if v.shape[1] > 1 else
+                   F.binary_cross_entropy_with_logits(_at_input_size(v, x.shape[-2:])[:, 0], labels.float().clamp(0, 1))
+                   for k, v in out.items() if v.dim() == 4)
+        loss.backward()
+        opt.step()
+
+    seconds, _ = _timed(step, repeats, warmup, dev)
+    return seconds
+
+
+def format_row(r: dict) -> str:
+    name = r["mode"] + (f" -> {r['backend']}" if r.get("backend") else "")
+    if "skipped" in r:
+        return f"{r['kind']:<5} {name:<22} skipped: {r['skipped']}"
+    gf = f"{r['gflop_per_s']:>8.1f}" if "gflop_per_s" in r else f"{'-':>8}"
+    extra = ""
+    if r["kind"] == "infer":
+        extra = f" {r['rel_diff']:>9.1e} {100 * r['label_agreement']:>8.3f}%"
+    return f"{r['kind']:<5} {name:<22} {r['s_per_img']:>9.4f} {r['img_per_s']:>8.2f} {r['speedup']:>8.2f}x {gf}{extra}"
+
+
+HEADER = (f"{'kind':<5} {'mode':<22} {'s/img':>9} {'img/s':>8} {'speed-up':>9} {'GFLOP/s':>8} "
+          f"{'rel diff':>9} {'labels':>9}")
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'mode':<7} {'s/batch':>9} {'s/img':>9} {'img/s':>8} {'speed-up':>9} {'max|diff|':>10}"]
-    for r in rows:
-        lines.append(f"{r['mode']:<7} {r['s_per_batch']:>9.4f} {r['s_per_img']:>9.4f} {r['img_per_s']:>8.2f} "
-                     f"{r['speedup']:>8.2f}x {r['max_abs_diff']:>10.2e}")
-    return "\n".join(lines)
+    return "\n".join([HEADER, *(format_row(r) for r in rows)])

@@ -13,6 +13,7 @@ from ..errors import ContextSegError
 from ..models.ensemble import Ensemble
 from ..models.multiscale import LEARNED_MERGES, MultiScale, configure_inference
 from ..visualize import colorize, default_palette, heatmap, overlay
+from .backends import CHOICES, prepare
 from .checkpoint import load_model
 from .runtime import autocast, select_device
 
@@ -47,10 +48,16 @@ class Predictor:
     Test-time options (``contextseg.models.multiscale.configure_inference``): ``scales=[0.5, 1.0, 1.5]``,
     ``merge="avg"|"max"|"attention"|"hierarchical"``, ``flip=True``, ``window=(h, w)``, ``stride=(h, w)``; none given
     = the model as trained (single scale for a plain checkpoint).
+
+    ``backend`` (``contextseg.engine.backends``): None runs bf16 autocast where the hardware has it natively, else
+    the exact "torch" backend (folded BatchNorm + channels_last); "auto" probes the exact backends (torch,
+    onnxruntime, openvino) once per model and image size and keeps the fastest; "eager" is the model as is under
+    ``amp``. The backend is built at the first image (its size is the example). Ensembles and ``save_attention``
+    run eager.
     """
 
-    def __init__(self, model, device: str = "auto", amp: str = "none", classes=None, palette=None, scales=None,
-                 merge: str | None = None, flip: bool = False, window=None, stride=None):
+    def __init__(self, model, device: str = "auto", amp: str = "auto", classes=None, palette=None, scales=None,
+                 merge: str | None = None, flip: bool = False, window=None, stride=None, backend: str | None = None):
         self.device = select_device(device)
         members = list(model) if isinstance(model, (list, tuple)) else [model]
         names = [str(m) if isinstance(m, (str, Path)) else f"model {i}" for i, m in enumerate(members)]
@@ -63,6 +70,10 @@ class Predictor:
         model = members[0] if len(members) == 1 else Ensemble(members, names=names)
         self.model = model.to(self.device).eval()
         self.amp = amp
+        if backend is not None and backend not in CHOICES:
+            raise ContextSegError(f"unknown backend {backend!r}; choose one of {', '.join(CHOICES)}")
+        self.backend = "eager" if isinstance(model, Ensemble) or getattr(model, "session", None) else backend
+        self._runner = None  # (the model to call, its amp), built at the first image
         self.num_classes = model.num_classes
         labels = 2 if self.num_classes == 1 else self.num_classes  # a one-logit saliency model labels 0 / 1
         self.classes = classes or getattr(model, "classes", None) or [str(k) for k in range(labels)]
@@ -83,8 +94,9 @@ class Predictor:
             raise ContextSegError(f"image of shape {image.shape} given; this model takes (H, W, {expected}) arrays")
         x, _ = self.transform(image, None)
         x = x.unsqueeze(0).to(self.device)
-        with autocast(self.device, self.amp):
-            out = self.model(x)
+        model, amp = self.runner(x)
+        with autocast(self.device, amp):
+            out = model(x)
         size = image.shape[:2]
         logits = F.interpolate(out["out"].float(), size=size, mode="bilinear", align_corners=False)
         if logits.shape[1] == 1:  # a saliency model: one logit, probabilities of (background, salient)
@@ -96,6 +108,13 @@ class Predictor:
             weights = F.interpolate(out["scale_weights"].float(), size=size, mode="bilinear", align_corners=False)
             result["scale_weights"] = weights[0].cpu()
         return result
+
+    def runner(self, example: torch.Tensor) -> tuple:
+        """(the model to call, its autocast precision): the backend, built for ``example``'s size once."""
+        if self._runner is None:
+            self._runner = prepare(self.model, self.backend, example, self.amp, self.device)
+            self.backend = getattr(self._runner[0], "backend", "eager")
+        return self._runner
 
     def predict_proba(self, image: np.ndarray) -> torch.Tensor:
         return self.predict_outputs(image)["probs"]
@@ -115,6 +134,9 @@ class Predictor:
             raise ContextSegError("--save-attention needs a learned merge over scales: a checkpoint trained with "
                                   "merge attention or hierarchical (optionally with --merge and --scales)")
         from tqdm import tqdm
+
+        if save_attention:  # the attention maps come from the eager model's extra outputs
+            self._runner = (self.model, self.amp)
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,19 @@
-"""Device choice, autocast, seeding and the resumable sampler shared by the engine."""
+"""Device choice, precision (``resolve_amp``), autocast, seeding and the resumable sampler shared by the engine."""
 from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 from ..errors import ContextSegError
+from .hardware import native_bf16
+
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+_warned_emulated: set = set()
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -20,12 +25,42 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, amp: str = "none"):
-    """bf16 autocast on CPU or CUDA, fp16 on CUDA only; 'none' is a no-op."""
+def precision_choice(amp: str, device: torch.device) -> tuple[str, str]:
+    """(the autocast precision to run: "none" | "bf16" | "fp16", the reason in words) for ``amp`` on ``device``.
+
+    auto: bf16 where the device runs it natively (CPU with AVX-512-BF16 or AMX, CUDA with bf16; see
+    engine.hardware.native_bf16), else fp32 ("none"); fp16 is never chosen by auto (it needs loss scaling).
+    An explicit bf16 where it is emulated is kept, with a warning (once per process) that it is slow."""
+    device = torch.device(device)
+    if amp not in AMP_CHOICES:
+        raise ContextSegError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
+    if amp == "none":
+        return "none", "asked for (amp=none)"
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ContextSegError("amp=fp16 needs CUDA; on the CPU use amp=auto (bf16 where native) or amp=none")
+        return "fp16", "asked for (amp=fp16)"
+    native, why = native_bf16(device)
+    if amp == "bf16":
+        if not native and device.type == "cpu" and why not in _warned_emulated:
+            _warned_emulated.add(why)
+            warnings.warn(f"amp=bf16 on this machine: {why}; use amp=auto or amp=none for fp32", stacklevel=3)
+        return "bf16", "asked for (amp=bf16)" + ("" if native else f"; {why}")
+    return ("bf16" if native else "none"), f"auto: {why}"
+
+
+def resolve_amp(amp: str, device) -> str:
+    """The one place that decides the precision: "none" | "bf16" | "fp16" for ``amp`` (auto | none | bf16 | fp16)
+    on ``device``; see ``precision_choice`` for the rule and its reason."""
+    return precision_choice(amp, device)[0]
+
+
+def autocast(device: torch.device, amp: str = "auto"):
+    """Autocast in the precision ``resolve_amp(amp, device)`` picks; "none" is a no-op."""
+    device = torch.device(device)
+    amp = resolve_amp(amp, device)
     if amp == "none":
         return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ContextSegError("amp=fp16 needs CUDA; on CPU use amp=bf16 or amp=none")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 

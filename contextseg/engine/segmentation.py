@@ -19,6 +19,7 @@ from ..models.official import load_official_weights
 from ..models.multiscale import configure_inference, inference_spec
 from . import distributed as dist_utils
 from . import classification, saliency, weak
+from .backends import default_backend, prepare
 from .checkpoint import load_checkpoint, load_model, load_state_dict_checked
 from .evaluator import evaluate
 from .runtime import ShardSampler, seed_everything, select_device
@@ -142,13 +143,14 @@ def _load_for_eval(cfg: Config, checkpoint: str, val_set):
 
 def evaluate_checkpoint(cfg: Config, checkpoint, split: str | None = None, progress: bool = True,
                         out: str | None = None, scales=None, merge: str | None = None, flip: bool = False,
-                        window=None, stride=None) -> dict:
+                        window=None, stride=None, backend: str | None = None) -> dict:
     """Evaluate a checkpoint, or an ensemble of several (a list of paths: their softmax probabilities averaged,
     see contextseg.models.ensemble), on cfg's validation split (or `split`); prints the per-class table.
 
     scales / merge / flip / window / stride are test-time options (``contextseg.models.multiscale.
     configure_inference``), applied to every member: e.g. scales=[0.5, 1.0, 1.5], merge="avg", flip=True; none
-    given = as trained."""
+    given = as trained. backend: see ``contextseg.engine.backends.prepare`` (None: bf16 eager where native, else
+    the exact torch backend; "auto": the fastest exact backend; an ensemble runs eager)."""
     checkpoints = [str(checkpoint)] if isinstance(checkpoint, (str, Path)) else [str(c) for c in checkpoint]
     if not checkpoints:
         raise ContextSegError("no checkpoint given; pass --checkpoint A.pt [B.pt ...]")
@@ -173,18 +175,25 @@ def evaluate_checkpoint(cfg: Config, checkpoint, split: str | None = None, progr
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
+    loader = eval_loader(val_set, cfg)
+    amp = cfg.train.amp
+    backend = backend or default_backend(amp, device)
+    if backend != "eager" and len(models) == 1 and getattr(model, "session", None) is None:  # not an ensemble/.onnx
+        model, amp = prepare(model, backend, next(iter(loader))[0].to(device), amp, device)
+    used = getattr(model, "backend", "eager")
+    if progress:
+        print(f"inference: backend {used}" + (f", amp {amp}" if used == "eager" else ""))
     if is_saliency(val_set):
-        result = saliency.evaluate_saliency(model, eval_loader(val_set, cfg), device, cfg.train.amp,
-                                            cfg.train.channels_last, progress)
+        result = saliency.evaluate_saliency(model, loader, device, amp, cfg.train.channels_last, progress)
         print(saliency.format_saliency(result))
     else:
-        result = evaluate(model, eval_loader(val_set, cfg), val_set.num_classes, val_set.classes,
-                          val_set.ignore_index, device, cfg.train.amp, cfg.train.channels_last, progress)
+        result = evaluate(model, loader, val_set.num_classes, val_set.classes, val_set.ignore_index, device, amp,
+                          cfg.train.channels_last, progress)
         print(format_table(result))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         report = {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints,
-                  "split": cfg.data.val_split, "inference": inference_spec(models[0]), **result}
+                  "split": cfg.data.val_split, "inference": inference_spec(models[0]), "backend": used, **result}
         if len(checkpoints) > 1:
             report["ensemble"] = "mean of softmax probabilities"
         with open(out, "w") as f:

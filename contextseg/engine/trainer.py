@@ -36,11 +36,12 @@ from ..visualize import plot_curves
 from . import distributed as dist_utils
 from .diagnostics import snapshot_params, update_stats
 from .checkpoint import atomic_save, load_checkpoint, load_state_dict_checked, rng_state, set_rng_state
-from .runtime import ResumableSampler, SeededSamples, autocast, worker_init
+from .runtime import ResumableSampler, SeededSamples, autocast, precision_choice, worker_init
 from .schedules import PolyLR
 
 
 MAX_BAD_STEPS = 5  # non-finite losses in a row that stop a run
+_PRECISION_NAMES = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast + loss scaling"}
 
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
@@ -96,8 +97,10 @@ class Trainer:
                                  num_workers=cfg.data.num_workers, drop_last=True, worker_init_fn=worker_init,
                                  persistent_workers=False, pin_memory=self.device.type == "cuda")
         self.batches_per_epoch = self.sampler.shard_size // cfg.data.batch_size  # per process
+        # the precision train.amp resolves to on this device (auto: bf16 only where native), with its reason
+        self.amp, self.amp_reason = precision_choice(t.amp, self.device)
         # fp16 needs loss scaling (bf16 does not); a disabled scaler is a no-op
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.step = 0
         self.epoch = 0
         self.best = -math.inf
@@ -220,7 +223,7 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             sync = j == self.accumulate - 1 or self.train_model is self.model
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
-                with autocast(self.device, t.amp):
+                with autocast(self.device, self.amp):
                     try:
                         outputs = self.train_model(images)
                     except RuntimeError as exc:
@@ -265,6 +268,8 @@ class Trainer:
         elif self.step == 0 and self.is_main:  # a fresh run owns its log: drop an earlier run's records
             _truncate_log(self.out_dir / "metrics.jsonl", 0)
         self.model.train()
+        if self.is_main:
+            print(f"precision: {_PRECISION_NAMES[self.amp]} ({self.amp_reason})", flush=True)
         bar = tqdm(total=t.iters, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         start_time = time.time()
         start_step = self.step
@@ -313,7 +318,8 @@ class Trainer:
             if dist_utils.broadcast_object(not (self.out_dir / "last.pt").exists() if self.is_main else None):
                 self.save("last.pt")
         summary = {"step": self.step, "best": self.best, "key_metric": self.key_metric,
-                   "train_seconds": time.time() - start_time, "final": self.last_metrics}
+                   "train_seconds": time.time() - start_time, "final": self.last_metrics,
+                   "precision": {"amp": self.amp, "reason": self.amp_reason}}
         if self.is_main:
             if (self.out_dir / "metrics.jsonl").exists():
                 plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png", self.key_metric)
