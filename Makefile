@@ -19,11 +19,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
+	@mkdir -p $(DEMO_OUT) && date +%s > $(DEMO_OUT)/.start
+	$(BIN)/contextseg env --no-measure
 	$(BIN)/contextseg train configs/synthetic_ocr.yaml output_dir=$(DEMO_OUT)
 	$(BIN)/contextseg eval configs/synthetic_ocr.yaml --checkpoint $(DEMO_OUT)/best.pt --out $(DEMO_OUT)/eval.json
 	$(BIN)/python -c "from contextseg.data.synthetic import write_synthetic_folder as w; w('$(DEMO_OUT)/samples', 4, seed=1000)"
 	$(BIN)/contextseg predict $(DEMO_OUT)/samples/images --checkpoint $(DEMO_OUT)/best.pt --out $(DEMO_OUT)/predictions
-	@echo "demo done: curves in $(DEMO_OUT)/curves.png, overlays in $(DEMO_OUT)/predictions"
+	@echo "demo done in $$(( $$(date +%s) - $$(cat $(DEMO_OUT)/.start) )) s (train, eval, predict): curves in $(DEMO_OUT)/curves.png, overlays in $(DEMO_OUT)/predictions"
+	@rm -f $(DEMO_OUT)/.start
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

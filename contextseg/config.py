@@ -41,7 +41,9 @@ class DataConfig:
     jitter: bool = True
     batch_size: int = 8  # per process: a run with N processes (torchrun, --nproc N) steps on N x batch_size samples
     eval_batch_size: int = 1
-    num_workers: int = 2
+    # DataLoader worker processes; -1: auto (runtime.loader_workers: none on a CPU with at most 4 cores, where
+    # workers would take the cores the compute threads need)
+    num_workers: int = -1
     kwargs: dict = field(default_factory=dict)  # extra dataset arguments
     mix: str = "none"  # batch mix in training: none | cutmix | copy_paste (contextseg/data/mix.py)
     mix_prob: float = 0.5  # probability that a training batch is mixed
@@ -203,6 +205,8 @@ def validate(cfg: Config) -> Config:
         raise ContextSegError("data.crop_size is [H, W] and data.scale_range is [min, max]")
     if d.batch_size < 1:
         raise ContextSegError("data.batch_size must be >= 1")
+    if d.num_workers < -1:
+        raise ContextSegError(f"data.num_workers is a count of worker processes, or -1 for auto; got {d.num_workers}")
     if t.accumulate < 1:
         raise ContextSegError(f"train.accumulate (batches per optimizer step) must be >= 1, got {t.accumulate}")
     if d.mix not in ("none", "cutmix", "copy_paste"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import warnings
 
@@ -63,6 +64,18 @@ def autocast(device: torch.device, amp: str = "auto"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def loader_workers(requested: int, device) -> int:
+    """DataLoader workers for ``data.num_workers`` (-1: auto). Auto on the CPU: none where there are at most 4
+    cores (workers there take cores from the compute threads: measured 0.177 s/it without workers vs 0.20 with
+    2 on a 2-core EPYC, demo model), else a quarter of them up to 4; on CUDA half the cores up to 8."""
+    if requested >= 0:
+        return requested
+    cores = os.cpu_count() or 1
+    if torch.device(device).type == "cuda":
+        return min(8, cores // 2)
+    return 0 if cores <= 4 else min(4, cores // 4)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

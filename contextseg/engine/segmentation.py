@@ -22,7 +22,7 @@ from . import classification, saliency, weak
 from .backends import default_backend, prepare
 from .checkpoint import load_checkpoint, load_model, load_state_dict_checked
 from .evaluator import evaluate
-from .runtime import ShardSampler, seed_everything, select_device
+from .runtime import ShardSampler, loader_workers, seed_everything, select_device
 from .trainer import Trainer
 
 
@@ -57,7 +57,7 @@ def eval_loader(dataset, cfg: Config, rank: int = 0, world_size: int = 1) -> Dat
     """Whole images in order; in a distributed run each rank loads its shard (indices rank, rank + N, ...)."""
     sampler = ShardSampler(len(dataset), rank, world_size) if world_size > 1 else None
     return DataLoader(dataset, batch_size=cfg.data.eval_batch_size, shuffle=False, sampler=sampler,
-                      num_workers=min(cfg.data.num_workers, 2))
+                      num_workers=min(loader_workers(cfg.data.num_workers, select_device(cfg.device)), 2))
 
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_at: int | None = None) -> dict:

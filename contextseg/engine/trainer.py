@@ -36,7 +36,7 @@ from ..visualize import plot_curves
 from . import distributed as dist_utils
 from .diagnostics import snapshot_params, update_stats
 from .checkpoint import atomic_save, load_checkpoint, load_state_dict_checked, rng_state, set_rng_state
-from .runtime import ResumableSampler, SeededSamples, autocast, precision_choice, worker_init
+from .runtime import ResumableSampler, SeededSamples, autocast, loader_workers, precision_choice, worker_init
 from .schedules import PolyLR
 
 
@@ -94,7 +94,7 @@ class Trainer:
         self.samples = SeededSamples(train_set, seed=cfg.seed)
         self.sampler = ResumableSampler(len(train_set), seed=cfg.seed, rank=self.rank, num_replicas=self.world)
         self.loader = DataLoader(self.samples, batch_size=cfg.data.batch_size, sampler=self.sampler,
-                                 num_workers=cfg.data.num_workers, drop_last=True, worker_init_fn=worker_init,
+                                 num_workers=loader_workers(cfg.data.num_workers, self.device), drop_last=True, worker_init_fn=worker_init,
                                  persistent_workers=False, pin_memory=self.device.type == "cuda")
         self.batches_per_epoch = self.sampler.shard_size // cfg.data.batch_size  # per process
         # the precision train.amp resolves to on this device (auto: bf16 only where native), with its reason
