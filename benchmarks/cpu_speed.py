@@ -7,7 +7,9 @@ steps per precision, seconds per image and GFLOP/s against the measured 3x3-conv
 The official model is built from a local checkout (``--official``, default ../shared/reference/...; needs yacs) and
 timed in fp32 eager, as its code runs: inference = forward + bilinear resize of the logits to the input size
 (align_corners=True, as the official test code), training = one SGD step with CE on the OCR and auxiliary outputs.
-Ours: ``contextseg.engine.bench.benchmark`` (the ``contextseg bench`` rows) on the same input size and batch.
+Ours: ``contextseg.engine.bench.benchmark`` (the ``contextseg bench`` rows) on the same input size and batch, the
+random model's BatchNorm statistics settled on the input first (``settle_batchnorm``: speed is unchanged, and the
+logit differences between backends read as for a trained model).
 int8 is calibrated on ``--calibration`` images (default: 16 CamVid training images when ../shared is there).
 Saves benchmarks/results/cpu_speed_<cpu class>.json and .md; prints the table.
 """
@@ -26,8 +28,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_hrnet import DEFAULT_CHECKOUT, build_official  # noqa: E402
 
-from contextseg import create_model  # noqa: E402
-from contextseg.engine.bench import benchmark, gflops_per_image  # noqa: E402
+from contextseg import create_model, load_model  # noqa: E402
+from contextseg.engine.bench import benchmark, gflops_per_image, settle_batchnorm  # noqa: E402
 from contextseg.engine.env_report import environment  # noqa: E402
 from contextseg.engine.hardware import conv_gflops  # noqa: E402
 
@@ -66,7 +68,7 @@ def time_official(model, x: torch.Tensor, repeats: int, warmup: int, train: bool
     row = {"infer_s_per_img": _median_time(infer, repeats, warmup) / x.shape[0]}
     if train:
         model.train()
-        labels = torch.randint(0, 19, (x.shape[0], *size), generator=torch.Generator().manual_seed(1))
+        labels = torch.randint(0, 11, (x.shape[0], *size), generator=torch.Generator().manual_seed(1))
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
         def step():
@@ -82,7 +84,7 @@ def time_official(model, x: torch.Tensor, repeats: int, warmup: int, train: bool
     return row
 
 
-def calibration_batches(folder: Path, size, count: int = 16) -> list | None:
+def calibration_batches(folder: Path, size, count: int = 16, offset: int = 0) -> list | None:
     if not folder.is_dir():
         return None
     import numpy as np
@@ -91,7 +93,7 @@ def calibration_batches(folder: Path, size, count: int = 16) -> list | None:
     from contextseg.data import eval_transform, read_image
 
     transform = eval_transform()
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg"))[:count]
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg"))[offset:offset + count]
     return [transform(np.asarray(Image.fromarray(read_image(p)).resize((size[1], size[0]))), None)[0][None]
             for p in paths]
 
@@ -108,7 +110,10 @@ def main() -> None:
     p.add_argument("--train-modes", nargs="*", default=["fp32", "fp32_cl", "bf16_cl"])
     p.add_argument("--official", default=str(DEFAULT_CHECKOUT), help="official HRNet-Semantic-Segmentation checkout")
     p.add_argument("--calibration", default=str(CAMVID_TRAIN), help="images for int8 calibration")
-    p.add_argument("--out", help="JSON path (default benchmarks/results/cpu_speed_<class>.json)")
+    p.add_argument("--checkpoint", help="time a trained checkpoint on real images (--images) instead of a random "
+                                        "model on noise; rel diff and label agreement then read as in use")
+    p.add_argument("--images", default=str(CAMVID_TRAIN.parent / "val"), help="input images for --checkpoint")
+    p.add_argument("--out", help="JSON path (default benchmarks/results/cpu_speed_<class>[_trained].json)")
     a = p.parse_args()
 
     info = environment(measure=False)
@@ -119,8 +124,16 @@ def main() -> None:
     arch, backbone = a.model.split(":")
     width = backbone.replace("hrnetv2_w18_", "").replace("hrnetv2_", "")
     torch.manual_seed(0)
-    ours = create_model(arch, backbone=backbone, num_classes=19).eval()
-    x = torch.randn(a.batch, 3, *a.size, generator=torch.Generator().manual_seed(0))
+    if a.checkpoint:  # trained weights and real images: the agreement columns then mean what they say
+        ours = load_model(a.checkpoint).eval()
+        arch, backbone = ours.init_args["arch"], ours.init_args["backbone"]
+        width = backbone.replace("hrnetv2_w18_", "").replace("hrnetv2_", "")
+        a.model = f"{arch}:{backbone} from {a.checkpoint}"
+        x = torch.cat(calibration_batches(Path(a.images), a.size, a.batch, offset=0))
+    else:
+        ours = create_model(arch, backbone=backbone, num_classes=19)
+        x = torch.randn(a.batch, 3, *a.size, generator=torch.Generator().manual_seed(0))
+        settle_batchnorm(ours, x)  # normalised activations, as a trained model has
     gflops = gflops_per_image(ours, a.size)
     print(f"{info['cpu']} ({cls}; {info['isa_ceiling'] or 'no ISA ceiling'}), {info['threads']} threads, torch "
           f"{info['torch']}; 3x3 conv limit: fp32 {roof['fp32']:.0f} GFLOP/s (NCHW {roof['fp32_nchw']:.0f})"
@@ -129,7 +142,7 @@ def main() -> None:
 
     official = None
     try:
-        ref_model = build_official(a.official, arch, width, 19)
+        ref_model = build_official(a.official, arch, width, ours.num_classes)
         official = time_official(ref_model, x, a.repeats, a.warmup, bool(a.train_modes))
         print(f"official fp32 eager: infer {official['infer_s_per_img']:.3f} s/img"
               + (f", train {official['train_s_per_img']:.3f} s/img" if "train_s_per_img" in official else ""))
@@ -150,7 +163,7 @@ def main() -> None:
 
     table = format_table(rows, official, gflops, roof, a.batch)
     print(table)
-    out = Path(a.out) if a.out else RESULTS / f"cpu_speed_{cls}.json"
+    out = Path(a.out) if a.out else RESULTS / f"cpu_speed_{cls}{'_trained' if a.checkpoint else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": info, "cpu_class": cls, "model": a.model, "size": a.size, "batch": a.batch,
                                "gflops_per_img": gflops, "official": official, "rows": rows,

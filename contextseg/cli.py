@@ -284,7 +284,9 @@ def _bench(args) -> int:
     import json
     from pathlib import Path
 
-    from .engine.bench import benchmark
+    import torch
+
+    from .engine.bench import benchmark, settle_batchnorm
     from .engine.checkpoint import load_model
     from .models import create_model
 
@@ -293,6 +295,7 @@ def _bench(args) -> int:
     elif ":" in args.model:
         arch, backbone = args.model.split(":", 1)
         model = create_model(arch, backbone=backbone, num_classes=args.num_classes)
+        settle_batchnorm(model, torch.randn(2, getattr(model, "in_channels", 3), *args.size))
     else:
         raise ContextSegError(f"{args.model!r} is neither a checkpoint file nor ARCH:BACKBONE (e.g. "
                               f"ocr:hrnetv2_w18_small_v2; `contextseg models` lists the names)")

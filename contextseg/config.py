@@ -65,6 +65,9 @@ class TrainConfig:
     # (fp16 only on CUDA); engine.runtime.resolve_amp decides, and the run prints and saves its choice and reason
     amp: str = "auto"
     channels_last: bool = False
+    # torch.compile the training step's model (inductor): measured 1.15x over eager channels_last for OCR +
+    # W18-Small-v2 at 360x480 on an AVX2 CPU, after ~90 s of compilation; pays for long runs only
+    compile: bool = False
     eval_interval: int = 200
     log_interval: int = 20
     checkpoint_interval: int = 200

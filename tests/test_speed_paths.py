@@ -183,3 +183,19 @@ def test_int8_backend_agrees_with_fp32_on_most_pixels(small_model):
     ref = _reference(small_model, x)
     assert fast.backend == "int8" and not fast.exact
     assert (fast(x)["out"].argmax(1) == ref.argmax(1)).float().mean() > 0.8
+
+
+@pytest.mark.slow
+def test_compiled_training_takes_the_same_steps(tmp_path):
+    """train.compile=true (torch.compile of the training model) trains as the eager model does."""
+    base = ["configs/synthetic_fcn.yaml", "train.iters=2", "data.batch_size=2", "train.amp=none",
+            "data.kwargs={num_samples: 4, size: [32, 32]}", "data.crop_size=[32,32]", "data.num_workers=0",
+            "train.eval_interval=2", "train.log_interval=1", "train.channels_last=false", "--no-progress"]
+    losses = []
+    for compiled in (False, True):
+        out = tmp_path / f"c{compiled}"
+        assert main(["train", *base[:1], f"output_dir={out}", f"train.compile={str(compiled).lower()}",
+                     *base[1:]]) == 0
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses.append([r["loss"] for r in records if r["kind"] == "train"])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)

@@ -9,8 +9,9 @@ Exact backends (fp32; outputs equal the eager model's up to float rounding):
     onnxruntime  an ONNX export (cached on disk by model hash and input size), all graph optimisations on
     openvino     OpenVINO Runtime on the same export, inference precision pinned to f32 (``pip install openvino``)
     auto         the fastest of the exact backends whose logits equal the eager fp32 model's within
-                 ``AUTO_RTOL`` of the logit scale, by a short timed probe; the verdict is cached per machine,
-                 model and input shape (``CONTEXTSEG_CACHE`` or ~/.cache/contextseg)
+                 ``AUTO_RTOL`` of the logit scale (or, where float32 itself is noisier for this model and input,
+                 within twice the difference that channels_last alone makes), by a short timed probe; the verdict
+                 is cached per machine, model and input shape (``CONTEXTSEG_CACHE`` or ~/.cache/contextseg)
 Approximate backends (never picked by auto; ``contextseg bench`` prints what they cost in agreement):
     bf16         bf16 autocast + folded BN + channels_last, only where the CPU/GPU runs bf16 natively
     int8         static post-training quantisation (onnxruntime QDQ, per-channel weights) calibrated on the
@@ -288,11 +289,16 @@ def probe(model: nn.Module, example: torch.Tensor, candidates=None, repeats: int
         reference = _eager(model)(example)
         rows = [{"backend": "eager", "seconds": time_run(_eager(model), example, repeats), "rel_diff": 0.0,
                  "label_agreement": 1.0, "ok": True}]
+        # float32 noise floor: the same eager model with another memory layout (other kernels, other summation
+        # order); a backend within twice that floor is as exact as fp32 itself can be for this model and input
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        floor = compare(_eager(cl), reference, example.contiguous(memory_format=torch.channels_last))["rel_diff"]
+        tolerance = max(AUTO_RTOL, 2 * floor)
         for backend in candidates:
             try:
                 run = _build(model, example, backend)
                 row = {"backend": backend, **compare(run, reference, example)}
-                row["ok"] = row["rel_diff"] <= AUTO_RTOL
+                row["ok"] = row["rel_diff"] <= tolerance
                 row["seconds"] = time_run(run, example, repeats)
             except Exception as exc:  # a backend that cannot run here is skipped, with its reason
                 row = {"backend": backend, "ok": False, "skipped": f"{exc.__class__.__name__}: {str(exc)[:200]}"}
@@ -301,7 +307,7 @@ def probe(model: nn.Module, example: torch.Tensor, candidates=None, repeats: int
                 progress(row)
     ok = [r for r in rows if r["ok"] and r["backend"] != "eager"]
     choice = min(ok, key=lambda r: r["seconds"])["backend"] if ok else "torch"
-    return {"choice": choice, "rows": rows}
+    return {"choice": choice, "rows": rows, "fp32_floor": floor, "tolerance": tolerance}
 
 
 def auto_backend(model: nn.Module, example: torch.Tensor, progress=None) -> str:

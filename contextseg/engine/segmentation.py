@@ -120,6 +120,15 @@ def _train(cfg: Config, resume, progress: bool, stop_at) -> dict:
     return summary
 
 
+def calibration_batches(cfg: Config, count: int = 16) -> list:
+    """``count`` training images (evenly spaced, whole, normalised as for evaluation) that calibrate int8
+    quantisation: from the training split, so the evaluated split stays unseen."""
+    images = build_dataset(cfg.data.dataset, cfg.data.train_split, root=cfg.data.root, transform=eval_transform(),
+                           **dict(cfg.data.kwargs))
+    step = max(1, len(images) // count)
+    return [images[i][0].unsqueeze(0) for i in range(0, len(images), step)[:count]]
+
+
 def is_saliency(dataset) -> bool:
     """True for salient-object-detection data (``task = "saliency"``): one-logit models, SOD metrics."""
     return getattr(dataset, "task", "segmentation") == "saliency"
@@ -179,7 +188,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint, split: str | None = None, progr
     amp = cfg.train.amp
     backend = backend or default_backend(amp, device)
     if backend != "eager" and len(models) == 1 and getattr(model, "session", None) is None:  # not an ensemble/.onnx
-        model, amp = prepare(model, backend, next(iter(loader))[0].to(device), amp, device)
+        calibration = calibration_batches(cfg) if backend == "int8" else None
+        model, amp = prepare(model, backend, next(iter(loader))[0].to(device), amp, device, calibration)
     used = getattr(model, "backend", "eager")
     if progress:
         print(f"inference: backend {used}" + (f", amp {amp}" if used == "eager" else ""))

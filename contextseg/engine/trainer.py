@@ -75,6 +75,8 @@ class Trainer:
             # dropout and batch mixes
             if self.rank:
                 _seed_all(cfg.seed * 1000 + 7919 * self.rank)
+        if getattr(t, "compile", False):  # compiled on the first step; checkpoints keep using self.model
+            self.train_model = torch.compile(self.train_model)
         self.loss_fn = loss_fn.to(self.device)
         self.train_set = train_set
         self.evaluate_fn = evaluate_fn
@@ -221,7 +223,7 @@ class Trainer:
                 images, labels = self.batch_transform(images, labels)
             if t.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            sync = j == self.accumulate - 1 or self.train_model is self.model
+            sync = j == self.accumulate - 1 or self.world == 1
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
                 with autocast(self.device, self.amp):
                     try:
