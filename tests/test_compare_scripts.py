@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = str(ROOT / "configs" / "synthetic_ocr.yaml")
+BASE = str(ROOT / "configs" / "synthetic_fcn.yaml")  # no head options: every suite swaps the head
 TINY = ["device=cpu", "data.kwargs={num_samples: 8, size: [48, 64]}", "data.crop_size=[48, 64]",
         "data.batch_size=2", "data.num_workers=0", "train.iters=2", "train.eval_interval=2", "train.log_interval=1",
         "train.warmup_iters=0"]

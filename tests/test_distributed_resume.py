@@ -109,6 +109,7 @@ def records(path, kind):
     return [r for r in map(json.loads, open(path)) if r["kind"] == kind]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
     """2 gloo processes with 2 samples each (paused at step 4 and resumed) against 1 uninterrupted process with
     4 samples per step: the same losses, metrics and weights.
@@ -178,6 +179,7 @@ def test_sample_augmentation_depends_on_seed_epoch_index_only():
     assert ds[0] != first[0]
 
 
+@pytest.mark.slow
 def test_cli_nproc_2_trains_hrnet_close_to_one_process(tmp_path):
     """`contextseg train --nproc 2` (torchrun's launcher, 2 gloo workers) on HRNet + FCN against one process with the
     same global batch (4). HRNet's BatchNorm normalises each rank's 2 samples with their own statistics (on CUDA the
@@ -286,6 +288,7 @@ def comparable(out):
     return [{k: v for k, v in r.items() if k not in drop} for r in map(json.loads, open(out / "metrics.jsonl"))]
 
 
+@pytest.mark.slow
 def test_run_killed_twice_and_resumed_matches_uninterrupted_run(tmp_path):
     """SIGKILL at random-ish moments (mid-step, mid-checkpoint, mid-epoch, with a DataLoader worker and CutMix),
     resume from last.pt each time: the same weights, optimizer state, metrics.jsonl and val metrics as one

@@ -9,6 +9,7 @@ from PIL import Image
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+pytestmark = pytest.mark.slow  # exports take seconds each; CI runs them (make test with CI=true)
 
 from contextseg import ContextSegError, Predictor, create_model  # noqa: E402
 from contextseg.cli import main  # noqa: E402
@@ -97,3 +98,20 @@ def test_export_and_bench_cli(trained, tmp_path, capsys):
     assert "img/s" in capsys.readouterr().out
     assert main(["bench", "nonsense"]) == 2
     assert "neither a checkpoint file nor ARCH:BACKBONE" in capsys.readouterr().err
+
+
+def test_bench_val_prints_the_mIoU_change_of_approximate_modes(trained, tmp_path, capsys):
+    import yaml
+
+    from contextseg.config import load_config
+
+    root, overrides, ckpt, _ = trained
+    cfg = load_config("configs/synthetic_ocr.yaml", overrides)
+    (tmp_path / "val.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(ckpt), "--size", "48", "64", "--repeats", "1", "--warmup", "0", "--modes", "eager",
+                 "int8", "--calibration", str(root / "data" / "train" / "images"), "--val", str(tmp_path / "val.yaml"),
+                 "--out", str(out)]) == 0
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["eager"]["mIoU_change"] == 0.0 and abs(rows["int8"]["mIoU_change"]) < 0.2
+    assert "val mIoU through int8" in capsys.readouterr().out

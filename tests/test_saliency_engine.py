@@ -131,6 +131,7 @@ def test_train_and_eval_cli(tmp_path, capsys):
     assert "set loss.name to edge_hold" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_saliency_checkpoint_exports_to_onnx(tmp_path):
     """A one-logit saliency model exported to ONNX keeps num_classes=1 (its classes list has two names) and
     evaluates to the same SOD metrics as the checkpoint."""
