@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--num-classes", type=int, default=19, help="for ARCH:BACKBONE (default 19)")
     b.add_argument("--repeats", type=int, default=10)
     b.add_argument("--warmup", type=int, default=2)
-    b.add_argument("--modes", nargs="+", metavar="MODE",
+    b.add_argument("--modes", "--backend", nargs="+", metavar="MODE", dest="modes",
                    help="inference modes: eager eager_cl torch compile onnxruntime openvino auto bf16 fp16 int8 "
                         "(default: those this machine offers; compile and int8 only when named)")
     b.add_argument("--train", nargs="*", metavar="MODE", default=None,

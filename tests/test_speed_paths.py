@@ -48,6 +48,7 @@ def test_isa_ceiling_turns_native_bf16_off(monkeypatch):
     monkeypatch.setattr(hardware, "_mkldnn_bf16", lambda: True)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("CONTEXTSEG_BF16", raising=False)  # tests/conftest.py turns native bf16 off for the suite
     assert hardware.native_bf16(torch.device("cpu")) == (True, "the CPU runs bf16 natively (AVX-512-BF16)")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     ok, why = hardware.native_bf16(torch.device("cpu"))
@@ -55,6 +56,9 @@ def test_isa_ceiling_turns_native_bf16_off(monkeypatch):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert hardware.native_bf16(torch.device("cpu"))[0] is False
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    monkeypatch.setenv("CONTEXTSEG_BF16", "0")
+    assert hardware.native_bf16(torch.device("cpu")) == (False, "CONTEXTSEG_BF16=0 turns native bf16 off")
 
 
 def test_trainer_prints_and_saves_its_precision(no_native_bf16, tmp_path, capsys):
@@ -190,19 +194,30 @@ def test_int8_backend_agrees_with_fp32_on_most_pixels(small_model):
 @pytest.mark.slow
 def test_compiled_training_takes_the_same_steps(tmp_path):
     """train.compile=true (torch.compile of the training model) takes the eager model's first step; later steps
-    drift apart by the compiled kernels' rounding (about 3% in the second loss here, lr 0.02 from scratch)."""
+    drift apart by the compiled kernels' rounding (about 3% in the second loss here, lr 0.02 from scratch).
+    Where inductor fails on this CPU (torch 2.13 on AVX-512: a codegen assertion), the run warns and trains eager;
+    each run is its own process, since a compiler crash can also abort the process (then the test skips)."""
+    import subprocess
+    import sys
+
     base = ["configs/synthetic_fcn.yaml", "train.iters=2", "data.batch_size=2", "train.amp=none",
             "data.kwargs={num_samples: 4, size: [32, 32]}", "data.crop_size=[32,32]", "data.num_workers=0",
             "train.eval_interval=2", "train.log_interval=1", "train.channels_last=false", "--no-progress"]
-    losses = []
+    losses, stderr = [], ""
     for compiled in (False, True):
         out = tmp_path / f"c{compiled}"
-        assert main(["train", *base[:1], f"output_dir={out}", f"train.compile={str(compiled).lower()}",
-                     *base[1:]]) == 0
+        proc = subprocess.run([sys.executable, "-m", "contextseg", "train", base[0], f"output_dir={out}",
+                               f"train.compile={str(compiled).lower()}", *base[1:]], capture_output=True, text=True)
+        if proc.returncode < 0:
+            pytest.skip(f"torch.compile crashed the process on this CPU (signal {-proc.returncode})")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        stderr = proc.stderr
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         losses.append([r["loss"] for r in records if r["kind"] == "train"])
-    assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-3)
-    assert losses[1][1] == pytest.approx(losses[0][1], rel=0.1)
+    assert len(losses[1]) == 2 and all(v == v for v in losses[1])  # both steps taken, finite
+    if "torch.compile failed on this machine" not in stderr:  # compiled: the same first step
+        assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-3)
+        assert losses[1][1] == pytest.approx(losses[0][1], rel=0.1)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ logit difference relative to the logit scale (``rel_diff``) and the share of pix
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -134,8 +135,6 @@ def _infer_runner(model: nn.Module, x: torch.Tensor, mode: str, calibration):
 
 
 def _copy_cl(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).to(memory_format=torch.channels_last)
 
 
@@ -218,8 +217,6 @@ def _speed(seconds: float, batch: int, base: float, gflops: float | None) -> dic
 def time_train_step(model: nn.Module, x: torch.Tensor, mode: str, repeats: int = 3, warmup: int = 1) -> float:
     """Median seconds of one SGD step (forward, CE on every output at the input size, backward, update) on a copy
     of ``model`` in training ``mode`` (fp32 | fp32_cl | bf16_cl | compile)."""
-    import copy
-
     dev = x.device
     if mode == "bf16_cl" and not native_bf16(dev)[0]:
         raise ContextSegError(f"{native_bf16(dev)[1]}; time it anyway with amp=bf16 in a training run")

@@ -6,7 +6,8 @@ throughput per precision (the roofline speed figures are read against), and the 
 
 bf16 counts as native on a CPU when three things hold: the CPU has AVX-512-BF16 or AMX-BF16, oneDNN will use them
 (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``, which honours ``ONEDNN_MAX_CPU_ISA``), and no ISA ceiling in the
-environment (``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY``) keeps torch below them. Without them bf16 is emulated
+environment (``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY``) keeps torch below them; ``CONTEXTSEG_BF16=0`` turns it off
+(fp32 under ``amp: auto`` on any machine; the test suite sets it). Without them bf16 is emulated
 and 7-70x slower than fp32 (measured on a 2-core AVX2 EPYC), so ``train.amp: auto`` stays in fp32 there.
 """
 from __future__ import annotations
@@ -73,6 +74,8 @@ def _mkldnn_bf16() -> bool:
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:
     """(whether ``device`` runs bf16 convolutions natively, the reason in words)."""
+    if os.environ.get("CONTEXTSEG_BF16") == "0":
+        return False, "CONTEXTSEG_BF16=0 turns native bf16 off"
     if device.type == "cuda":
         ok = torch.cuda.is_bf16_supported(including_emulation=False)
         name = torch.cuda.get_device_name(device)

@@ -75,6 +75,7 @@ class Trainer:
             # dropout and batch mixes
             if self.rank:
                 _seed_all(cfg.seed * 1000 + 7919 * self.rank)
+        self.eager_train_model = self.train_model
         if getattr(t, "compile", False):  # compiled on the first step; checkpoints keep using self.model
             self.train_model = torch.compile(self.train_model)
         self.loss_fn = loss_fn.to(self.device)
@@ -259,6 +260,23 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         return losses, finite
 
+    def _compiled_step(self, batches) -> tuple[dict, bool]:
+        """The first step of a compiled run: a torch.compile failure (inductor bugs differ by CPU; the backward
+        compiles at the first backward) falls back to eager with a warning, and the step is taken again eager
+        on the next batch."""
+        try:
+            return self.train_step(batches)
+        except ContextSegError:
+            raise
+        except Exception as exc:  # inductor/dynamo errors have many types
+            if self.is_main:
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                warnings.warn(f"train.compile: torch.compile failed on this machine ({exc.__class__.__name__}: "
+                              f"{first}); training continues eager (one batch was used by the failed attempt). "
+                              f"Set train.compile=false to skip the attempt", stacklevel=2)
+            self.train_model = self.eager_train_model
+            return self.train_step(batches)
+
     def fit(self, resume: str | Path | None = None, stop_at: int | None = None) -> dict:
         """Train to cfg.train.iters (or pause after step `stop_at`, writing last.pt, for time-boxed runs)."""
         cfg, t = self.cfg, self.cfg.train
@@ -279,7 +297,8 @@ class Trainer:
         batches = self.batches()
         try:
             while self.step < t.iters and (stop_at is None or self.step < stop_at):
-                losses, took = self.train_step(batches)
+                compiled = self.train_model is not self.eager_train_model and self.step == start_step
+                losses, took = self._compiled_step(batches) if compiled else self.train_step(batches)
                 if took:
                     bad_steps = 0
                 else:
