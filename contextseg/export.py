@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from .data.transforms import MEAN, STD
 from .engine.checkpoint import load_model
 from .engine.predictor import Predictor
 from .errors import ContextSegError
 from .models.multiscale import configure_inference
-from .onnx_graph import DeployModel, export_graph, require
+from .onnx_graph import DeployModel, OnnxModel, export_graph, require
 from .visualize import default_palette
 
 @dataclass
@@ -130,46 +129,6 @@ def export_onnx(model, path: str | Path, size=(512, 512), output: str = "logits"
                               f"logit scale {scale:.3g} (> rtol {rtol}); "
                               f"{path} is kept for inspection: try exporter='torchscript' or another opset")
     return report
-
-
-class OnnxModel(nn.Module):
-    """An exported ONNX file run by onnxruntime behind the model contract: (B, 3, H, W) normalised float batch ->
-    {"out": (B, K, H, W)} logits at the input size. So ``Predictor``, ``contextseg eval`` and ``contextseg predict``
-    take ``.onnx`` files as they take checkpoints. Classes and palette come from the file's metadata; no parameters
-    (``.to()`` and ``.eval()`` are no-ops; inference runs on onnxruntime's CPU provider unless ``providers``)."""
-
-    def __init__(self, path: str | Path, providers=None, threads: int | None = None):
-        super().__init__()
-        ort = require("onnxruntime")
-        path = Path(path)
-        if not path.is_file():
-            raise ContextSegError(f"ONNX file {str(path)!r} not found; write one with `contextseg export CHECKPOINT`")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("output", "logits") != "logits":
-            raise ContextSegError(f"{str(path)!r} was exported with output={meta['output']!r}; evaluation and "
-                                  f"prediction need logits: export again with --output logits")
-        if json.loads(meta.get("mean", "null")) not in (None, list(MEAN)) or \
-                json.loads(meta.get("std", "null")) not in (None, list(STD)):
-            raise ContextSegError(f"{str(path)!r} expects another normalisation ({meta['mean']}, {meta['std']}) "
-                                  f"than contextseg's data pipeline")
-        shape = self.session.get_inputs()[0].shape
-        self.in_channels = shape[1] if isinstance(shape[1], int) else 3
-        self.classes = json.loads(meta["classes"]) if "classes" in meta else None
-        self.palette = json.loads(meta["palette"]) if "palette" in meta else None
-        out_channels = self.session.get_outputs()[0].shape[1]
-        # the graph's channel count wins: a saliency model has 2 classes but 1 logit channel
-        self.num_classes = int(out_channels) if isinstance(out_channels, int) else len(self.classes or [])
-        if not self.num_classes:
-            raise ContextSegError(f"{str(path)!r} has neither a static output channel count nor class names; "
-                                  f"export it again with `contextseg export`")
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        logits = self.session.run(None, {"image": x.detach().float().cpu().contiguous().numpy()})[0]
-        return {"out": torch.from_numpy(logits).to(x.device)}
 
 
 def OnnxPredictor(path: str | Path, providers=None, threads: int | None = None) -> Predictor:  # noqa: N802

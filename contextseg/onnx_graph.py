@@ -1,9 +1,11 @@
-"""The ONNX graph of a model: ``DeployModel`` (logits or labels at the input size) and ``export_graph`` (torch's
-dynamo exporter, or the TorchScript one). Used by ``contextseg.export`` (files users ship) and by the onnxruntime
-and OpenVINO inference backends (``contextseg.engine.backends``); it imports nothing else of the package but errors.
+"""The ONNX graph of a model: ``DeployModel`` (logits or labels at the input size), ``export_graph`` (torch's
+dynamo exporter, or the TorchScript one) and ``OnnxModel`` (an exported file behind the model contract). Used by
+``contextseg.export`` (files users ship), ``load_model`` (``.onnx`` paths) and the onnxruntime and OpenVINO inference
+backends (``contextseg.engine.backends``); it imports nothing of the package but errors and the normalisation.
 """
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data.transforms import MEAN, STD
 from .errors import ContextSegError
 
 OUTPUTS = ("logits", "labels")
@@ -66,3 +69,43 @@ def export_graph(module: nn.Module, example: Tensor, path: Path, dynamic: bool, 
                                   if dynamic else None)
     finally:
         quiet.setLevel(level)
+
+
+class OnnxModel(nn.Module):
+    """An exported ONNX file run by onnxruntime behind the model contract: (B, 3, H, W) normalised float batch ->
+    {"out": (B, K, H, W)} logits at the input size. So ``Predictor``, ``contextseg eval`` and ``contextseg predict``
+    take ``.onnx`` files as they take checkpoints. Classes and palette come from the file's metadata; no parameters
+    (``.to()`` and ``.eval()`` are no-ops; inference runs on onnxruntime's CPU provider unless ``providers``)."""
+
+    def __init__(self, path: str | Path, providers=None, threads: int | None = None):
+        super().__init__()
+        ort = require("onnxruntime")
+        path = Path(path)
+        if not path.is_file():
+            raise ContextSegError(f"ONNX file {str(path)!r} not found; write one with `contextseg export CHECKPOINT`")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("output", "logits") != "logits":
+            raise ContextSegError(f"{str(path)!r} was exported with output={meta['output']!r}; evaluation and "
+                                  f"prediction need logits: export again with --output logits")
+        if json.loads(meta.get("mean", "null")) not in (None, list(MEAN)) or \
+                json.loads(meta.get("std", "null")) not in (None, list(STD)):
+            raise ContextSegError(f"{str(path)!r} expects another normalisation ({meta['mean']}, {meta['std']}) "
+                                  f"than contextseg's data pipeline")
+        shape = self.session.get_inputs()[0].shape
+        self.in_channels = shape[1] if isinstance(shape[1], int) else 3
+        self.classes = json.loads(meta["classes"]) if "classes" in meta else None
+        self.palette = json.loads(meta["palette"]) if "palette" in meta else None
+        out_channels = self.session.get_outputs()[0].shape[1]
+        # the graph's channel count wins: a saliency model has 2 classes but 1 logit channel
+        self.num_classes = int(out_channels) if isinstance(out_channels, int) else len(self.classes or [])
+        if not self.num_classes:
+            raise ContextSegError(f"{str(path)!r} has neither a static output channel count nor class names; "
+                                  f"export it again with `contextseg export`")
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        logits = self.session.run(None, {"image": x.detach().float().cpu().contiguous().numpy()})[0]
+        return {"out": torch.from_numpy(logits).to(x.device)}

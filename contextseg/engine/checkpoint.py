@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ContextSegError
+from ..onnx_graph import OnnxModel
 
 FORMAT = "contextseg-checkpoint-v1"
 
@@ -99,8 +100,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     from ..models import create_model
 
     if Path(path).suffix.lower() == ".onnx":
-        from ..export import OnnxModel
-
         return OnnxModel(path)
 
     ckpt = load_checkpoint(path)
