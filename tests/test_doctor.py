@@ -269,6 +269,7 @@ def test_cli_doctor_end_to_end(tmp_path, capsys):
     report = json.loads((out / "doctor" / "doctor.json").read_text())
     assert list(report["checks"]) == ["init", "lr", "ratios", "data"]
     assert report["overall"] in ("PASS", "WARN")
+    assert report["precision"]["amp"] == "none"  # tests/conftest.py: fp32 on every CPU; the checks run in fp32
     for png in ("lr_range_test.png", "update_ratios.png", "class_frequencies.png"):
         assert (out / "doctor" / png).exists()
     assert report["checks"]["data"]["splits"]["val"]["samples"] == 2

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ...errors import ContextSegError
+from ..runtime import precision_choice
 from .common import CHECKS, FAIL, _result, batch_stream, fixed_batch, worst
 from .training import check_init_loss, check_overfit, check_update_ratios, lr_range_test
 from .gradients import check_gradients
@@ -122,6 +123,9 @@ class Doctor:
         if unknown:
             raise ContextSegError(f"unknown doctor check(s) {unknown}; choose from {','.join(CHECKS)}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        amp, why = precision_choice(self.cfg.train.amp, self.device)
+        if echo:  # the checks themselves run in fp32
+            print(f"precision of the training run: {amp} ({why}); these checks run in fp32", flush=True)
         results = {}
         for name in [c for c in CHECKS if c in checks]:
             t0 = time.time()
@@ -134,7 +138,7 @@ class Doctor:
             if echo:
                 print(format_result(result), flush=True)
         report = {"config": self.cfg.name, "overall": worst(r["verdict"] for r in results.values()),
-                  "device": str(self.device), "checks": results}
+                  "device": str(self.device), "precision": {"amp": amp, "reason": why}, "checks": results}
         with open(self.out_dir / "doctor.json", "w") as f:
             json.dump(_jsonable(report), f, indent=2)
         if echo:
