@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--save-attention", action="store_true",
                    help="also write each scale's attention weights as STEM_attn_sSCALE.png (attention merges)")
     _add_backend_option(r)
+    r.add_argument("--calibration", metavar="DIR", help="images that calibrate --backend int8 (e.g. 16 training "
+                                                         "images of the model's data)")
     _add_inference_options(r)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch with onnxruntime")
@@ -208,8 +210,9 @@ def _run(args) -> int:
             print(f"wrote predictions.json for {len(rows)} images to {args.out}")
             return 0
 
+        calibration = _calibration_batches(args.calibration) if args.calibration else None
         pred = Predictor(args.checkpoint, device=args.device, amp=args.amp, backend=args.backend,
-                         **_inference_kwargs(args))
+                         calibration=calibration, **_inference_kwargs(args))
         written = pred.predict_files(args.inputs, args.out, alpha=args.alpha, progress=not args.no_progress,
                                      save_attention=args.save_attention)
         extra = ", _attn_s*.png" if args.save_attention else ""
@@ -350,8 +353,8 @@ def _bench_val(args, rows: list) -> None:
             row["mIoU_change"] = scores[row["mode"]] - scores["eager"]
 
 
-def _calibration_batches(folder: str, size) -> list:
-    """Up to 16 images of ``folder`` resized to ``size`` and normalised as in training, one batch each."""
+def _calibration_batches(folder: str, size=None) -> list:
+    """Up to 16 images of ``folder`` (resized to ``size`` if given) normalised as in training, one batch each."""
     import numpy as np
     import torch
     from PIL import Image
@@ -362,6 +365,8 @@ def _calibration_batches(folder: str, size) -> list:
     transform = eval_transform()
     batches = []
     for path in collect_images([folder])[:16]:
-        image = np.asarray(Image.fromarray(read_image(path)).resize((size[1], size[0]), Image.BILINEAR))
+        image = read_image(path)
+        if size is not None:
+            image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
         batches.append(transform(image, None)[0].unsqueeze(0).to(torch.float32))
     return batches

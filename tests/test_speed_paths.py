@@ -258,3 +258,21 @@ def test_loader_workers_leave_small_cpus_to_the_compute_threads(monkeypatch):
 
     with pytest.raises(ContextSegError, match="data.num_workers is a count of worker processes, or -1 for auto"):
         load_config(None, ["data.num_workers=-3"])
+
+
+@pytest.mark.slow
+def test_predict_int8_with_calibration_images(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from contextseg.data.synthetic import write_synthetic_folder
+
+    write_synthetic_folder(tmp_path / "data", n=3, size=(32, 48), split="val")
+    out = tmp_path / "run"
+    tiny = [f"output_dir={out}", "data.kwargs={num_samples: 4, size: [32, 48]}", "data.crop_size=[32,48]",
+            "data.batch_size=2", "train.iters=1", "train.eval_interval=1"]
+    assert main(["train", "configs/synthetic_fcn.yaml", *tiny, "--no-progress"]) == 0
+    images = str(tmp_path / "data" / "val" / "images")
+    assert main(["predict", images, "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "p"),
+                 "--backend", "int8", "--no-progress"]) == 2  # no calibration: one clear error
+    assert main(["predict", images, "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "p"),
+                 "--backend", "int8", "--calibration", images, "--no-progress"]) == 0
+    assert len(list((tmp_path / "p").glob("*_overlay.jpg"))) == 3

@@ -204,8 +204,8 @@ def _int8(model: nn.Module, example: torch.Tensor, calibration):
     600 steps, 35.98 -> 34.99), the convolutions alone 0.00 (docs/speed.md)."""
     if calibration is None:
         raise ContextSegError("backend int8 needs calibration images: optimize_for_inference(..., calibration=[x, ...])"
-                              " with a few (B, 3, H, W) normalised batches (`contextseg bench` takes --calibration "
-                              "DIR)")
+                              " with a few (B, 3, H, W) normalised batches; `contextseg predict` and `bench` take "
+                              "--calibration DIR, `eval` calibrates on the config's training images")
     require("onnxruntime")
     from onnxruntime import quantization as q
 

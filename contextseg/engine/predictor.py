@@ -52,12 +52,13 @@ class Predictor:
     ``backend`` (``contextseg.engine.backends``): None runs bf16 autocast where the hardware has it natively, else
     the exact "torch" backend (folded BatchNorm + channels_last); "auto" probes the exact backends (torch,
     onnxruntime, openvino) once per model and image size and keeps the fastest; "eager" is the model as is under
-    ``amp``. The backend is built at the first image (its size is the example). Ensembles and ``save_attention``
-    run eager.
+    ``amp``. The backend is built at the first image (its size is the example); ``int8`` needs ``calibration``
+    (normalised (1, C, H, W) images). Ensembles and ``save_attention`` run eager.
     """
 
     def __init__(self, model, device: str = "auto", amp: str = "auto", classes=None, palette=None, scales=None,
-                 merge: str | None = None, flip: bool = False, window=None, stride=None, backend: str | None = None):
+                 merge: str | None = None, flip: bool = False, window=None, stride=None, backend: str | None = None,
+                 calibration=None):
         self.device = select_device(device)
         members = list(model) if isinstance(model, (list, tuple)) else [model]
         names = [str(m) if isinstance(m, (str, Path)) else f"model {i}" for i, m in enumerate(members)]
@@ -74,6 +75,7 @@ class Predictor:
             raise ContextSegError(f"unknown backend {backend!r}; choose one of {', '.join(CHOICES)}")
         self.backend = "eager" if isinstance(model, Ensemble) or getattr(model, "session", None) else backend
         self._runner = None  # (the model to call, its amp), built at the first image
+        self.calibration = calibration  # normalised (1, C, H, W) images for backend int8
         self.num_classes = model.num_classes
         labels = 2 if self.num_classes == 1 else self.num_classes  # a one-logit saliency model labels 0 / 1
         self.classes = classes or getattr(model, "classes", None) or [str(k) for k in range(labels)]
@@ -112,7 +114,7 @@ class Predictor:
     def runner(self, example: torch.Tensor) -> tuple:
         """(the model to call, its autocast precision): the backend, built for ``example``'s size once."""
         if self._runner is None:
-            self._runner = prepare(self.model, self.backend, example, self.amp, self.device)
+            self._runner = prepare(self.model, self.backend, example, self.amp, self.device, self.calibration)
             self.backend = getattr(self._runner[0], "backend", "eager")
         return self._runner
 
