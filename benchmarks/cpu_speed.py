@@ -31,6 +31,7 @@ from official_hrnet import DEFAULT_CHECKOUT, build_official  # noqa: E402
 from contextseg import create_model, load_model  # noqa: E402
 from contextseg.engine.bench import benchmark, gflops_per_image, settle_batchnorm  # noqa: E402
 from contextseg.engine.env_report import environment  # noqa: E402
+from contextseg.engine.predictor import image_batches  # noqa: E402
 from contextseg.engine.hardware import conv_gflops  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,20 +85,6 @@ def time_official(model, x: torch.Tensor, repeats: int, warmup: int, train: bool
     return row
 
 
-def calibration_batches(folder: Path, size, count: int = 16, offset: int = 0) -> list | None:
-    if not folder.is_dir():
-        return None
-    import numpy as np
-    from PIL import Image
-
-    from contextseg.data import eval_transform, read_image
-
-    transform = eval_transform()
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg"))[offset:offset + count]
-    return [transform(np.asarray(Image.fromarray(read_image(p)).resize((size[1], size[0]))), None)[0][None]
-            for p in paths]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="ocr:hrnetv2_w18_small_v2", help="ocr|fcn : hrnetv2_w18_small_v1|v2|w48")
@@ -129,7 +116,7 @@ def main() -> None:
         arch, backbone = ours.init_args["arch"], ours.init_args["backbone"]
         width = backbone.replace("hrnetv2_w18_", "").replace("hrnetv2_", "")
         a.model = f"{arch}:{backbone} from {a.checkpoint}"
-        x = torch.cat(calibration_batches(Path(a.images), a.size, a.batch, offset=0))
+        x = torch.cat(image_batches([a.images], a.size, a.batch))
     else:
         ours = create_model(arch, backbone=backbone, num_classes=19)
         x = torch.randn(a.batch, 3, *a.size, generator=torch.Generator().manual_seed(0))
@@ -150,7 +137,9 @@ def main() -> None:
     except Exception as exc:  # no checkout, no yacs: ours alone
         print(f"official model skipped: {exc.__class__.__name__}: {exc}")
 
-    calibration = calibration_batches(Path(a.calibration), a.size) if "int8" in a.modes else None
+    calibration = None
+    if "int8" in a.modes and Path(a.calibration).is_dir():
+        calibration = image_batches([a.calibration], a.size)
     rows = benchmark(ours, size=a.size, batch=a.batch, repeats=a.repeats, warmup=a.warmup, modes=a.modes,
                      device="cpu", train_modes=a.train_modes, calibration=calibration)
     for row in rows:

@@ -200,7 +200,7 @@ def _run(args) -> int:
         return _bench(args)
     if args.command == "predict":
         from .engine import classification
-        from .engine.predictor import Predictor
+        from .engine.predictor import Predictor, image_batches
 
         if classification.is_classifier_checkpoint(args.checkpoint[0]):  # image classes (+ SAOL attention maps)
             if len(args.checkpoint) > 1 or any(v not in (None, False) for v in _inference_kwargs(args).values()):
@@ -210,7 +210,7 @@ def _run(args) -> int:
             print(f"wrote predictions.json for {len(rows)} images to {args.out}")
             return 0
 
-        calibration = _calibration_batches(args.calibration) if args.calibration else None
+        calibration = image_batches([args.calibration]) if args.calibration else None
         pred = Predictor(args.checkpoint, device=args.device, amp=args.amp, backend=args.backend,
                          calibration=calibration, **_inference_kwargs(args))
         written = pred.predict_files(args.inputs, args.out, alpha=args.alpha, progress=not args.no_progress,
@@ -308,13 +308,14 @@ def _bench(args) -> int:
     if args.batch < 1 or args.repeats < 1:
         raise ContextSegError("--batch and --repeats must be >= 1")
     from .engine.bench import default_train_modes
+    from .engine.predictor import image_batches
     from .engine.env_report import environment
     from .engine.runtime import select_device
 
     train_modes = None
     if args.train is not None:
         train_modes = args.train or default_train_modes(select_device(args.device))
-    calibration = _calibration_batches(args.calibration, args.size) if args.calibration else None
+    calibration = image_batches([args.calibration], args.size) if args.calibration else None
     print(f"{args.model}: batch {args.batch} x {args.size[0]}x{args.size[1]}, median of {args.repeats} runs")
     rows = benchmark(model, size=args.size, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
                      modes=args.modes, device=args.device, train_modes=train_modes, calibration=calibration)
@@ -351,22 +352,3 @@ def _bench_val(args, rows: list) -> None:
         if row["kind"] == "infer" and row["mode"] in scores:
             row["val_mIoU"] = scores[row["mode"]]
             row["mIoU_change"] = scores[row["mode"]] - scores["eager"]
-
-
-def _calibration_batches(folder: str, size=None) -> list:
-    """Up to 16 images of ``folder`` (resized to ``size`` if given) normalised as in training, one batch each."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from .data import eval_transform, read_image
-    from .engine.predictor import collect_images
-
-    transform = eval_transform()
-    batches = []
-    for path in collect_images([folder])[:16]:
-        image = read_image(path)
-        if size is not None:
-            image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
-        batches.append(transform(image, None)[0].unsqueeze(0).to(torch.float32))
-    return batches

@@ -94,16 +94,17 @@ class InferenceModel(nn.Module):
         return f"InferenceModel(backend={self.backend!r}{', ' + self.note if self.note else ''})"
 
 
-def _at_input_size(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def at_input_size(logits: torch.Tensor, size) -> torch.Tensor:
+    """float32 logits bilinearly resized to ``size`` (H, W), as prediction does (unchanged when already there)."""
     logits = logits.float()
-    if logits.shape[-2:] == x.shape[-2:]:
+    if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def _eager(model: nn.Module):
     def run(x):
-        return _at_input_size(model(x)["out"], x)
+        return at_input_size(model(x)["out"], x.shape[-2:])
     return run
 
 
@@ -119,7 +120,7 @@ def _torch(model: nn.Module, example: torch.Tensor, amp: str = "none"):
     def run(x):
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
-            return _at_input_size(fused(x)["out"], x)
+            return at_input_size(fused(x)["out"], x.shape[-2:])
     return run
 
 
@@ -132,7 +133,7 @@ def _compile(model: nn.Module, example: torch.Tensor):
     def run(x):
         x = x.contiguous(memory_format=torch.channels_last)
         with inductor_config.patch(freezing=True):  # weights as constants: prepacked oneDNN convolutions
-            return _at_input_size(compiled(x)["out"], x)
+            return at_input_size(compiled(x)["out"], x.shape[-2:])
     run(example)  # compiles now, not at the first image
     return run
 

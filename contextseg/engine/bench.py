@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ContextSegError
-from .backends import EXACT, optimize_for_inference
+from .backends import EXACT, at_input_size, optimize_for_inference
 from .hardware import native_bf16
 from .runtime import select_device
 
@@ -95,17 +95,10 @@ def _timed(fn, repeats: int, warmup: int, device: torch.device) -> tuple[float, 
     return statistics.median(times), out
 
 
-def _at_input_size(logits: torch.Tensor, size) -> torch.Tensor:
-    logits = logits.float()
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-
-
 def _infer_runner(model: nn.Module, x: torch.Tensor, mode: str, calibration):
     size = x.shape[-2:]
     if mode == "eager":
-        return lambda: _at_input_size(model(x)["out"], size)
+        return lambda: at_input_size(model(x)["out"], size)
     if mode in ("eager_cl", "fp16"):
         if mode == "fp16" and x.device.type != "cuda":
             raise ContextSegError("fp16 autocast runs on CUDA only; on the CPU see bf16")
@@ -114,7 +107,7 @@ def _infer_runner(model: nn.Module, x: torch.Tensor, mode: str, calibration):
 
         def run():
             with torch.autocast(x.device.type, dtype=torch.float16, enabled=mode == "fp16"):
-                return _at_input_size(fast(xc)["out"], size)
+                return at_input_size(fast(xc)["out"], size)
         return run
     if mode == "bf16" and x.device.type == "cuda":
         if not native_bf16(x.device)[0]:
@@ -123,7 +116,7 @@ def _infer_runner(model: nn.Module, x: torch.Tensor, mode: str, calibration):
 
         def run_bf16():
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return _at_input_size(fast(xc)["out"], size)
+                return at_input_size(fast(xc)["out"], size)
         return run_bf16
     if x.device.type != "cpu":
         raise ContextSegError(f"backend {mode} runs on the CPU; bench it with --device cpu")
@@ -235,8 +228,8 @@ def time_train_step(model: nn.Module, x: torch.Tensor, mode: str, repeats: int =
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mode == "bf16_cl"):
             out = forward(x)
-        loss = sum(F.cross_entropy(_at_input_size(v, x.shape[-2:]), labels) if v.shape[1] > 1 else
-                   F.binary_cross_entropy_with_logits(_at_input_size(v, x.shape[-2:])[:, 0], labels.float().clamp(0, 1))
+        loss = sum(F.cross_entropy(at_input_size(v, x.shape[-2:]), labels) if v.shape[1] > 1 else
+                   F.binary_cross_entropy_with_logits(at_input_size(v, x.shape[-2:])[:, 0], labels.float().clamp(0, 1))
                    for k, v in out.items() if v.dim() == 4)
         loss.backward()
         opt.step()

@@ -37,6 +37,20 @@ def collect_images(inputs) -> list[Path]:
     return paths
 
 
+def image_batches(inputs, size=None, count: int = 16, offset: int = 0) -> list[torch.Tensor]:
+    """Images of ``inputs`` (files or folders, sorted), ``offset`` to ``offset + count``, each resized to ``size``
+    (H, W) if given and normalised as for evaluation: a list of (1, C, H, W) float tensors (int8 calibration,
+    benchmark inputs)."""
+    transform = eval_transform()
+    batches = []
+    for path in collect_images(inputs)[offset:offset + count]:
+        image = read_image(path)
+        if size is not None:
+            image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+        batches.append(transform(image, None)[0].unsqueeze(0).float())
+    return batches
+
+
 class Predictor:
     """Loads a model (a checkpoint path or an nn.Module, or a list of them: an ensemble that averages the
     members' softmax probabilities, see contextseg.models.ensemble) and predicts per-pixel classes.
