@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_hrnet import DEFAULT_CHECKOUT, build_official  # noqa: E402
 
 from contextseg import create_model, load_model  # noqa: E402
+from contextseg.engine.backends import timed_calls  # noqa: E402
 from contextseg.engine.bench import benchmark, gflops_per_image, settle_batchnorm  # noqa: E402
 from contextseg.engine.env_report import environment  # noqa: E402
 from contextseg.engine.predictor import image_batches  # noqa: E402
@@ -45,17 +44,6 @@ def cpu_class(info: dict) -> str:
     return "avx512" if info["torch_cpu_capability"].upper().startswith("AVX512") else "avx2"
 
 
-def _median_time(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def time_official(model, x: torch.Tensor, repeats: int, warmup: int, train: bool) -> dict:
     size = x.shape[-2:]
     model.eval()
@@ -66,7 +54,7 @@ def time_official(model, x: torch.Tensor, repeats: int, warmup: int, train: bool
             out = out[-1] if isinstance(out, (list, tuple)) else out
             return F.interpolate(out, size=size, mode="bilinear", align_corners=True)
 
-    row = {"infer_s_per_img": _median_time(infer, repeats, warmup) / x.shape[0]}
+    row = {"infer_s_per_img": timed_calls(infer, repeats, warmup)[0] / x.shape[0]}
     if train:
         model.train()
         labels = torch.randint(0, 11, (x.shape[0], *size), generator=torch.Generator().manual_seed(1))
@@ -81,7 +69,7 @@ def time_official(model, x: torch.Tensor, repeats: int, warmup: int, train: bool
             loss.backward()
             opt.step()
 
-        row["train_s_per_img"] = _median_time(step, max(2, repeats // 2), 1) / x.shape[0]
+        row["train_s_per_img"] = timed_calls(step, max(2, repeats // 2), 1)[0] / x.shape[0]
     return row
 
 

@@ -271,16 +271,23 @@ def compare(run, reference: torch.Tensor, x: torch.Tensor) -> dict:
             "label_agreement": float((out.argmax(1) == reference.argmax(1)).float().mean())}
 
 
-def time_run(run, x: torch.Tensor, repeats: int = 3, warmup: int = 1) -> float:
-    """Median seconds of ``run(x)`` over ``repeats`` calls after ``warmup``."""
+def timed_calls(fn, repeats: int = 3, warmup: int = 1, device=None) -> tuple[float, object]:
+    """(median seconds of ``fn()`` over ``repeats`` calls after ``warmup``, the last result); on a CUDA ``device``
+    each call is bracketed by a synchronise, so the time is the GPU's too."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+    out = None
     for _ in range(warmup):
-        run(x)
+        out = fn()
     times = []
     for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
-        run(x)
+        out = fn()
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), out
 
 
 def probe(model: nn.Module, example: torch.Tensor, candidates=None, repeats: int = 3, progress=None) -> dict:
@@ -291,7 +298,8 @@ def probe(model: nn.Module, example: torch.Tensor, candidates=None, repeats: int
     candidates = list(candidates or [b for b in EXACT if available[b] is None and b != "compile"])
     with torch.no_grad():
         reference = _eager(model)(example)
-        rows = [{"backend": "eager", "seconds": time_run(_eager(model), example, repeats), "rel_diff": 0.0,
+        rows = [{"backend": "eager", "seconds": timed_calls(lambda: _eager(model)(example), repeats)[0],
+                 "rel_diff": 0.0,
                  "label_agreement": 1.0, "ok": True}]
         # float32 noise floor: the same eager model with another memory layout (other kernels, other summation
         # order); a backend within twice that floor is as exact as fp32 itself can be for this model and input
@@ -303,7 +311,7 @@ def probe(model: nn.Module, example: torch.Tensor, candidates=None, repeats: int
                 run = _build(model, example, backend)
                 row = {"backend": backend, **compare(run, reference, example)}
                 row["ok"] = row["rel_diff"] <= tolerance
-                row["seconds"] = time_run(run, example, repeats)
+                row["seconds"] = timed_calls(lambda: run(example), repeats)[0]
             except Exception as exc:  # a backend that cannot run here is skipped, with its reason
                 row = {"backend": backend, "ok": False, "skipped": f"{exc.__class__.__name__}: {str(exc)[:200]}"}
             rows.append(row)

@@ -18,15 +18,13 @@ logit difference relative to the logit scale (``rel_diff``) and the share of pix
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ContextSegError
-from .backends import EXACT, at_input_size, optimize_for_inference
+from .backends import EXACT, at_input_size, optimize_for_inference, timed_calls
 from .hardware import native_bf16
 from .runtime import select_device
 
@@ -74,25 +72,6 @@ def settle_batchnorm(model: nn.Module, x: torch.Tensor, passes: int = 2) -> nn.M
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     return model.eval()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, repeats: int, warmup: int, device: torch.device) -> tuple[float, object]:
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def _infer_runner(model: nn.Module, x: torch.Tensor, mode: str, calibration):
@@ -153,7 +132,7 @@ def benchmark(model: nn.Module, size=(512, 512), batch: int = 1, repeats: int = 
     if progress:
         progress(HEADER)
     with torch.no_grad():
-        base_s, reference = _timed(_infer_runner(model, x, "eager", None), repeats, warmup, dev)
+        base_s, reference = timed_calls(_infer_runner(model, x, "eager", None), repeats, warmup, dev)
     scale = float(reference.abs().max()) or 1.0
     for mode in ["eager"] + [m for m in modes if m != "eager"]:
         row = {"kind": "infer", "mode": mode, **common}
@@ -163,7 +142,7 @@ def benchmark(model: nn.Module, size=(512, 512), batch: int = 1, repeats: int = 
             else:
                 with torch.no_grad():
                     runner = _infer_runner(model, x, mode, calibration)
-                    seconds, out = _timed(runner, repeats, warmup, dev)
+                    seconds, out = timed_calls(runner, repeats, warmup, dev)
                 if getattr(runner, "chosen", None):
                     row["backend"] = runner.chosen
             out = out.float()
@@ -234,7 +213,7 @@ def time_train_step(model: nn.Module, x: torch.Tensor, mode: str, repeats: int =
         loss.backward()
         opt.step()
 
-    seconds, _ = _timed(step, repeats, warmup, dev)
+    seconds, _ = timed_calls(step, repeats, warmup, dev)
     return seconds
 
 
