@@ -14,8 +14,12 @@ Suites (each experiment = the base config + its overrides + your key=value overr
     losses  ce, ohem, focal, ce_mfb, ce_cutmix,    loss.name / loss.kwargs / data.mix; copy_paste pastes the classes of
             ce_copy_paste  (+ ohem_cutmix,         --copy-paste-classes (default: CamVid's rare pole 2, sign 6,
             ohem_copy_paste, focal_copy_paste)     pedestrian 9, bicyclist 10)
-    merges  single, attention, hierarchical        MultiScale training over --train-scales (0.5 1.0) with per-scale
-            (+ avg, max)                           supervision loss.weights "out_s*": 0.4
+    merges  single, attention, hierarchical        MultiScale training over --train-scales (0.5 1.0); per-scale
+            (+ avg, max)                           supervision loss.weights "out_s*" as each merge's reference:
+                                                   attention 1.0 (Attention to Scale: each scale's loss weighs
+                                                   as much as the merged one), hierarchical 0.05 (NVIDIA's
+                                                   supervised_mscale_loss_wt), avg / max 1.0 (Attention to
+                                                   Scale's pooling baselines with its extra supervision)
 
 Each experiment trains in OUTPUT = RUNS_ROOT/<suite>/<name> (default runs/compare/...). It is
 - skipped when OUTPUT/summary.json exists and OUTPUT/config.yaml is the config it would run now;
@@ -87,38 +91,64 @@ def suite_experiments(suite: str, base: Config, copy_paste_classes=CAMVID_RARE,
         paste = ["data.mix=copy_paste", "data.mix_prob=0.5", cp]
         return [
             Experiment("ce", ["loss.name=ce"], "cross-entropy"),
-            Experiment("ohem", ["loss.name=ohem", "loss.kwargs={thresh: 0.7, min_kept: 100000}"],
-                       "OHEM CE (p < 0.7, at least 100000 pixels per batch)"),
+            Experiment("ohem", ["loss.name=ohem", "loss.kwargs={thresh: 0.9, min_kept: 131072}"],
+                       "OHEM CE on out, CE on aux (official: p < 0.9, at least 131072 pixels per batch)"),
             Experiment("focal", ["loss.name=focal", "loss.kwargs={gamma: 2.0}"], "focal loss, gamma 2"),
             Experiment("ce_mfb", ["loss.name=ce", "loss.kwargs={class_weights: median_frequency}"],
                        "CE with median-frequency class weights (SegNet)"),
             Experiment("ce_cutmix", ["loss.name=ce", *cut], "CE + CutMix (p 0.5, alpha 1)"),
             Experiment("ce_copy_paste", ["loss.name=ce", *paste],
                        f"CE + Copy-Paste of classes {list(copy_paste_classes)} (p 0.5)"),
-            Experiment("ohem_cutmix", ["loss.name=ohem", "loss.kwargs={thresh: 0.7, min_kept: 100000}", *cut],
+            Experiment("ohem_cutmix", ["loss.name=ohem", "loss.kwargs={thresh: 0.9, min_kept: 131072}", *cut],
                        "OHEM + CutMix", default=False),
-            Experiment("ohem_copy_paste", ["loss.name=ohem", "loss.kwargs={thresh: 0.7, min_kept: 100000}", *paste],
+            Experiment("ohem_copy_paste", ["loss.name=ohem", "loss.kwargs={thresh: 0.9, min_kept: 131072}", *paste],
                        "OHEM + Copy-Paste", default=False),
             Experiment("focal_copy_paste", ["loss.name=focal", "loss.kwargs={gamma: 2.0}", *paste],
                        "focal + Copy-Paste", default=False),
         ]
     if suite == "merges":
         scales = [float(s) for s in train_scales]
-        weights = {**base.loss.weights, "out_s*": 0.4}
+        # Per-scale supervision weight ("out_s*", each scale's own logits) as each merge's reference trains it; the
+        # merged "out" keeps 1.0 and OCR's merged "aux" the base config's weight (NVIDIA: 0.4 on the merged aux).
+        per_scale = {
+            # Attention to Scale (Chen et al. 2016, Sec. 3.3 "extra supervision"): the merged output and every
+            # scale's output each get a softmax cross-entropy of the same weight; the Caffe net of its attention
+            # model (as redistributed in LIP_SSL human/config/no-ssl/train.prototxt) has SoftmaxWithLoss on
+            # fc8_fusion and on each scale's fc8, all with the default loss_weight 1.
+            "attention": 1.0,
+            # NVIDIA semantic-segmentation: scripts/train_cityscapes.yml (and _sota.yml) supervised_mscale_loss_wt
+            # 0.05 (config.py LOSS.SUPERVISED_MSCALE_WT default 0); network/ocrnet.py MscaleOCR.two_scale_forward
+            # adds 0.05 * loss(pred_05x upsampled) + 0.05 * loss(pred_10x) to the loss of the merged prediction.
+            "hierarchical": 0.05,
+            # avg / max have no reference of their own: Attention to Scale's average- and max-pooling baselines,
+            # trained with the same extra supervision as its attention, so the three stay comparable.
+            "avg": 1.0,
+            "max": 1.0,
+        }
+        source = {
+            "attention": "Attention to Scale Sec. 3.3: merged and per-scale losses of equal weight",
+            "hierarchical": "NVIDIA scripts/train_cityscapes.yml supervised_mscale_loss_wt",
+            "avg": "as Attention to Scale's pooling baselines with extra supervision",
+            "max": "as Attention to Scale's pooling baselines with extra supervision",
+        }
 
         def ms(merge):
             kwargs = {**base.model.kwargs, "multiscale": {"scales": scales, "merge": merge}}
+            weights = {**base.loss.weights, "out_s*": per_scale[merge]}
             return [f"model.kwargs={_flow(kwargs)}", f"loss.weights={_flow(weights)}"]
+
+        def supervision(merge):
+            return f"per-scale supervision {per_scale[merge]} ({source[merge]})"
 
         return [
             Experiment("single", [], "one scale (the base config); avg/max over scales at inference: "
                                      "benchmarks/multiscale_eval.py"),
-            Experiment("attention", ms("attention"), f"Attention to Scale over {scales}, per-scale supervision 0.4"),
+            Experiment("attention", ms("attention"), f"Attention to Scale over {scales}, {supervision('attention')}"),
             Experiment("hierarchical", ms("hierarchical"),
-                       f"hierarchical multi-scale attention (Tao et al.) over {scales}, per-scale supervision 0.4"),
-            Experiment("avg", ms("avg"), f"trained with the average over {scales}, per-scale supervision 0.4",
+                       f"hierarchical multi-scale attention (Tao et al.) over {scales}, {supervision('hierarchical')}"),
+            Experiment("avg", ms("avg"), f"trained with the average over {scales}, {supervision('avg')}",
                        default=False),
-            Experiment("max", ms("max"), f"trained with the max over {scales}, per-scale supervision 0.4",
+            Experiment("max", ms("max"), f"trained with the max over {scales}, {supervision('max')}",
                        default=False),
         ]
     raise SystemExit(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")

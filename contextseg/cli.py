@@ -121,8 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--checkpoint", required=True, metavar="CKPT", help="the stage-1 SSNet checkpoint")
     w.add_argument("--out", required=True, metavar="DIR", help="folder for STEM.png label maps and pseudo_labels.json")
     w.add_argument("--split", help="segmentation split to label (default: data.train_split)")
-    w.add_argument("--min-prob", type=float, default=0.5,
-                   help="pixels whose restricted class probability is below this are left unlabelled (255)")
+    w.add_argument("--rule", choices=["official", "restrict"], default="official",
+                   help="official: absent classes' logits zeroed, then the arg max (jsws syn_stage1.py; an absent "
+                        "class can still win); restrict: absent classes removed")
+    w.add_argument("--min-prob", type=float, default=0.0,
+                   help="pixels whose class probability is below this are left unlabelled (255); 0: the official "
+                        "rule, every pixel labelled")
     w.add_argument("--bg-threshold", type=float, metavar="T",
                    help="saliency rule: background where S < T, unlabelled where the segmentation says background "
                         "but S >= T (default: off, background from the segmentation alone)")
@@ -248,7 +252,7 @@ def _run(args) -> int:
         from .engine.pseudo_labels import write_pseudo_labels
 
         result = write_pseudo_labels(cfg, args.checkpoint, args.out, split=args.split, min_prob=args.min_prob,
-                                     bg_threshold=args.bg_threshold, progress=not args.no_progress,
+                                     rule=args.rule, bg_threshold=args.bg_threshold, progress=not args.no_progress,
                                      report=not args.no_report)
         print(f"wrote {result['images']} pseudo labels and pseudo_labels.json to {args.out}")
         return 0

@@ -1,13 +1,16 @@
 """Segmentation losses. Each takes logits (B, K, h, w) and labels (B, H, W) int64 and resizes the
-logits to the labels (bilinear) before comparing, so models keep their stride-4 outputs.
+logits to the labels (bilinear, with the model's ``align_corners``: the trainer copies it into the loss with
+``models.resize.set_align_corners``) before comparing, so models keep their stride-4 outputs.
 Pixels labelled ``ignore_index`` (255) never count; a batch of only ignored pixels gives 0.
 
     "ce"     CrossEntropy: CE with ignore index and optional class weights (a list, or median-frequency
              balancing from the training labels: ``loss.kwargs.class_weights: median_frequency``).
-    "ohem"   OhemCrossEntropy: CE over the hard pixels only, as the official HRNet-OCR training.
+    "ohem"   OhemCrossEntropy: CE over the hard pixels only (official HRNet-OCR ``lib/core/criterion.py``); in
+             ``build_loss`` it applies to the final output "out" only, every other output gets plain CE, as
+             the official code (``[_ce_forward] * (n - 1) + [_ohem_forward]``) and openseg's ``FSAuxOhemCELoss``.
     "focal"  FocalLoss (Lin et al. 2017, Eq. 5): -alpha_t (1 - p_t)^gamma log p_t.
 
-`OutputsLoss` combines one pixel loss over a model's output dict by name, e.g. OCR's
+`OutputsLoss` combines pixel losses over a model's output dict by name, e.g. OCR's
 CE(out) + 0.4 * CE(aux) (Yuan et al. 2020, Sec. 3.3); names may be glob patterns ("out_s*").
 """
 from __future__ import annotations
@@ -22,13 +25,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ContextSegError
+from .models.resize import DEFAULT_ALIGN_CORNERS, resize
 from .registry import LOSSES
 
 
-def resize_to(logits: torch.Tensor, size) -> torch.Tensor:
-    if logits.shape[-2:] == tuple(size):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+def resize_to(logits: torch.Tensor, size, align_corners: bool = DEFAULT_ALIGN_CORNERS) -> torch.Tensor:
+    """(B, K, h, w) -> (B, K, *size), bilinear (unchanged when already that size)."""
+    return resize(logits, size, align_corners)
 
 
 def _weights_tensor(values, name: str = "class_weights") -> torch.Tensor | None:
@@ -60,9 +63,10 @@ class CrossEntropy(nn.Module):
         super().__init__()
         self.ignore_index = ignore_index
         self.register_buffer("class_weights", _weights_tensor(class_weights), persistent=False)
+        self.align_corners = DEFAULT_ALIGN_CORNERS  # the model's, set by the trainer
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = resize_to(logits, labels.shape[-2:]).float()
+        logits = resize_to(logits, labels.shape[-2:], self.align_corners).float()
         if (labels == self.ignore_index).all():
             return logits.sum() * 0.0  # keeps the graph; an all-ignore crop contributes nothing
         _check_weights(self.class_weights, logits.shape[1])
@@ -71,8 +75,11 @@ class CrossEntropy(nn.Module):
 
 @LOSSES.register("ohem")
 class OhemCrossEntropy(nn.Module):
-    """Online hard example mining CE, as the official HRNet-OCR training (HRNet-Semantic-Segmentation,
-    branch HRNet-OCR, ``lib/core/criterion.py``, ``OhemCrossEntropy``; thresh 0.7, min_kept 100000).
+    """Online hard example mining CE, as the official HRNet-OCR code (HRNet-Semantic-Segmentation, branch
+    HRNet-OCR, ``lib/core/criterion.py``, ``OhemCrossEntropy``). Defaults are the official configuration's:
+    thresh = ``LOSS.OHEMTHRES`` 0.9 (``lib/config/default.py``), min_kept = ``LOSS.OHEMKEEP`` 131072 (the Cityscapes
+    OCR yaml ``seg_hrnet_ocr_w48_train_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml``; default.py: 100000). That
+    yaml itself trains with ``USE_OHEM: false``, i.e. plain CE.
 
     (B, K, h, w) logits, (B, H, W) labels -> scalar. Over the valid (non-ignored) pixels of the whole
     batch, p_i = softmax(logits)_i[y_i] is the predicted probability of the true class. Kept pixels:
@@ -86,7 +93,7 @@ class OhemCrossEntropy(nn.Module):
     drop pixels and min_kept >= n keeps every valid pixel (the official code then drops the most confident one).
     """
 
-    def __init__(self, thresh: float = 0.7, min_kept: int = 100000, ignore_index: int = 255,
+    def __init__(self, thresh: float = 0.9, min_kept: int = 131072, ignore_index: int = 255,
                  class_weights: Sequence[float] | None = None):
         super().__init__()
         if not 0.0 < thresh <= 1.0:
@@ -95,6 +102,7 @@ class OhemCrossEntropy(nn.Module):
         self.min_kept = max(1, int(min_kept))
         self.ignore_index = ignore_index
         self.register_buffer("class_weights", _weights_tensor(class_weights), persistent=False)
+        self.align_corners = DEFAULT_ALIGN_CORNERS  # the model's, set by the trainer
 
     @torch.no_grad()
     def kept_mask(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -111,7 +119,7 @@ class OhemCrossEntropy(nn.Module):
         return keep
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = resize_to(logits, labels.shape[-2:]).float()
+        logits = resize_to(logits, labels.shape[-2:], self.align_corners).float()
         if (labels == self.ignore_index).all():
             return logits.sum() * 0.0
         _check_weights(self.class_weights, logits.shape[1])
@@ -142,6 +150,7 @@ class FocalLoss(nn.Module):
             raise ContextSegError(f"focal gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
         self.ignore_index = ignore_index
+        self.align_corners = DEFAULT_ALIGN_CORNERS  # the model's, set by the trainer
         self.alpha_scalar = None
         alpha_t = None
         if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
@@ -162,7 +171,7 @@ class FocalLoss(nn.Module):
         return self.alpha
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = resize_to(logits, labels.shape[-2:]).float()
+        logits = resize_to(logits, labels.shape[-2:], self.align_corners).float()
         valid = labels != self.ignore_index
         if not valid.any():
             return logits.sum() * 0.0
@@ -261,7 +270,9 @@ def _is_pattern(name: str) -> bool:
 
 
 class OutputsLoss(nn.Module):
-    """Weighted sum of one pixel loss over named model outputs: sum_k w_k * loss(outputs[k], labels).
+    """Weighted sum of pixel losses over named model outputs: sum_k w_k * loss_k(outputs[k], labels), where loss_k is
+    ``criterion`` for the final output "out" and ``others`` (default: ``criterion`` too) for every other one, e.g.
+    OHEM on "out" and plain CE on OCR's "aux" (``build_loss("ohem", ...)``).
 
     Keys of ``weights`` are output names or glob patterns (fnmatch: ``*``, ``?``, ``[...]``); an exact
     name wins over a pattern, and among patterns the first listed that matches wins. Example:
@@ -270,9 +281,10 @@ class OutputsLoss(nn.Module):
     Keys that match nothing (e.g. "aux" from an FCN head) are skipped. Returns (total, parts).
     """
 
-    def __init__(self, criterion: nn.Module, weights: dict[str, float]):
+    def __init__(self, criterion: nn.Module, weights: dict[str, float], others: nn.Module | None = None):
         super().__init__()
         self.criterion = criterion
+        self.others = others
         self.weights = {str(k): float(v) for k, v in dict(weights).items()}
         self._patterns = [(k, v) for k, v in self.weights.items() if _is_pattern(k)]
 
@@ -291,7 +303,8 @@ class OutputsLoss(nn.Module):
             w = self.weight_of(name)
             if w == 0:
                 continue
-            loss = self.criterion(value, labels)
+            criterion = self.criterion if name == "out" or self.others is None else self.others
+            loss = criterion(value, labels)
             parts[name] = loss.detach()
             total = w * loss if total is None else total + w * loss
         if total is None:
@@ -303,7 +316,8 @@ class OutputsLoss(nn.Module):
 
 
 def build_loss(name: str = "ce", weights: dict[str, float] | None = None, ignore_index: int = 255, **kwargs) -> OutputsLoss:
-    """A registered pixel loss ("ce", "ohem", "focal") wrapped in OutputsLoss; kwargs go to the loss."""
+    """A registered pixel loss ("ce", "ohem", "focal") wrapped in OutputsLoss; kwargs go to the loss. "ohem" is applied
+    to the final output "out" only and plain CE (same class weights) to the others, as the official code."""
     cls = LOSSES.get(name)
     params = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -313,7 +327,8 @@ def build_loss(name: str = "ce", weights: dict[str, float] | None = None, ignore
             raise ContextSegError(f"loss {name!r} has no argument(s) {unknown}; its arguments (loss.kwargs) are: "
                                   f"{', '.join(known) or 'none'}")
     criterion = cls(ignore_index=ignore_index, **kwargs)
-    return OutputsLoss(criterion, weights or {"out": 1.0, "aux": 0.4})
+    others = CrossEntropy(ignore_index, kwargs.get("class_weights")) if name == "ohem" else None
+    return OutputsLoss(criterion, weights or {"out": 1.0, "aux": 0.4}, others)
 
 
 WEIGHT_KWARGS = ("class_weights", "alpha")  # loss kwargs that may say "median_frequency"

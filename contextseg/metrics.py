@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .models.resize import DEFAULT_ALIGN_CORNERS, resize
+
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
     """Confusion matrix (rows: ground truth, columns: prediction) of int64 maps of the same shape."""
@@ -31,14 +33,12 @@ class SegMetric:
         self.matrix.zero_()
 
     @torch.no_grad()
-    def update(self, logits_or_pred: torch.Tensor, label: torch.Tensor) -> None:
-        """Take logits (B, K, h, w), resized here to the label size (B, H, W), or a prediction (B, H, W)."""
+    def update(self, logits_or_pred: torch.Tensor, label: torch.Tensor,
+               align_corners: bool = DEFAULT_ALIGN_CORNERS) -> None:
+        """Take logits (B, K, h, w), resized here to the label size (B, H, W) (bilinear; pass the model's
+        ``align_corners``), or a prediction (B, H, W)."""
         if logits_or_pred.dim() == 4:
-            if logits_or_pred.shape[-2:] != label.shape[-2:]:
-                logits_or_pred = torch.nn.functional.interpolate(
-                    logits_or_pred.float(), size=label.shape[-2:], mode="bilinear", align_corners=False
-                )
-            logits_or_pred = logits_or_pred.argmax(1)
+            logits_or_pred = resize(logits_or_pred.float(), label.shape[-2:], align_corners).argmax(1)
         self.matrix += confusion_matrix(logits_or_pred, label, self.num_classes, self.ignore_index)
 
     def compute(self) -> dict:

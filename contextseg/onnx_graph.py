@@ -11,11 +11,11 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data.transforms import MEAN, STD
 from .errors import ContextSegError
+from .models.resize import align_corners_of, resize
 
 OUTPUTS = ("logits", "labels")
 
@@ -28,10 +28,11 @@ class DeployModel(nn.Module):
         if output not in OUTPUTS:
             raise ContextSegError(f"unknown export output {output!r}; choose one of {', '.join(OUTPUTS)}")
         self.model, self.output = model, output
+        self.align_corners = align_corners_of(model)  # the upsampling the model was trained with
 
     def forward(self, image: Tensor) -> Tensor:
         logits = self.model(image)["out"]
-        logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        logits = resize(logits, image.shape[-2:], self.align_corners)
         return logits.argmax(1) if self.output == "labels" else logits
 
 

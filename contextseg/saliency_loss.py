@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ContextSegError
+from .models.resize import DEFAULT_ALIGN_CORNERS, resize
 from .registry import LOSSES
 
 LAPLACE = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, 8.0, -1.0], [-1.0, -1.0, -1.0]]).view(1, 1, 3, 3)
@@ -35,14 +36,13 @@ class EdgePreservingLoss(nn.Module):
         super().__init__()
         self.saliency_weight, self.edge_weight = float(saliency_weight), float(edge_weight)
         self.pos_weight, self.ignore_index, self.eps = float(pos_weight), ignore_index, eps
+        self.align_corners = DEFAULT_ALIGN_CORNERS  # the model's, set by the trainer
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         if logits.dim() != 4 or logits.shape[1] != 1:
             raise ContextSegError(f"the saliency loss takes one logit map (B, 1, H, W), got {tuple(logits.shape)}; "
                                   f"build the model with num_classes=1")
-        if logits.shape[-2:] != labels.shape[-2:]:
-            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        logits = logits.float()
+        logits = resize(logits, labels.shape[-2:], self.align_corners).float()
         valid = (labels != self.ignore_index).unsqueeze(1).float()
         target = (labels == 1).unsqueeze(1).float()
         if (labels[labels != self.ignore_index] > 1).any():

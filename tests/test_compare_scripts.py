@@ -46,6 +46,22 @@ def test_suites_define_the_issue_experiments():
         compare.load_config(BASE, e.overrides)
 
 
+def test_merges_use_each_reference_per_scale_weight():
+    # per-scale supervision ("out_s*") as each merge's reference trains it: Attention to Scale 1 (every loss of equal
+    # weight; also for its avg/max baselines), NVIDIA's supervised_mscale_loss_wt 0.05 for the hierarchical merge
+    base = compare.load_config(BASE)
+    expected = {"attention": 1.0, "hierarchical": 0.05, "avg": 1.0, "max": 1.0}
+    experiments = {e.name: e for e in compare.suite_experiments("merges", base)}
+    assert set(experiments) == {"single", *expected}
+    assert experiments["single"].overrides == []
+    for name, weight in expected.items():
+        cfg = compare.load_config(BASE, experiments[name].overrides)
+        assert cfg.model.kwargs["multiscale"] == {"scales": [0.5, 1.0], "merge": name}
+        assert cfg.loss.weights == {**base.loss.weights, "out_s*": weight}
+        assert f"per-scale supervision {weight}" in experiments[name].note
+    assert "NVIDIA" in experiments["hierarchical"].note and "Attention to Scale" in experiments["attention"].note
+
+
 def test_timing_from_log_subtracts_evals_and_joins_sessions(tmp_path):
     log = tmp_path / "metrics.jsonl"
     records = [{"kind": "train", "step": 10, "time": 10.0}, {"kind": "val", "step": 10, "eval_seconds": 3.0},

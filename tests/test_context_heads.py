@@ -301,7 +301,8 @@ def test_backbone_options_are_routed():
 def test_rebuild_from_init_args_hrnet(arch, kw):
     torch.manual_seed(0)
     model = create_model(arch, backbone=HR_SMALL, num_classes=4, **kw)
-    assert model.init_args == dict(arch=arch, backbone=HR_SMALL, num_classes=4, in_channels=3, **kw)
+    assert model.init_args == dict(arch=arch, backbone=HR_SMALL, num_classes=4, in_channels=3, align_corners=True,
+                                   **kw)
     again = create_model(**model.init_args)
     again.load_state_dict(model.state_dict(), strict=True)
     x = torch.randn(1, 3, 37, 45)
@@ -313,7 +314,8 @@ def test_rebuild_from_init_args_resnet():
     torch.manual_seed(0)
     model = create_model("aspp", backbone="resnet50", num_classes=3, in_channels=1, output_stride=16, deep_stem=True)
     assert model.init_args == dict(
-        arch="aspp", backbone="resnet50", num_classes=3, in_channels=1, output_stride=16, deep_stem=True
+        arch="aspp", backbone="resnet50", num_classes=3, in_channels=1, align_corners=True, output_stride=16,
+        deep_stem=True
     )
     assert model.backbone.strides == [4, 8, 16, 16] and model.head.rates == (6, 12, 18)
     again = create_model(**model.init_args)

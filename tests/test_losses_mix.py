@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from contextseg.config import load_config
-from contextseg.data.mix import BatchMix, build_batch_mix, copy_paste, cutmix, cutmix_box
+from contextseg.data.classification import LabelCutMix, build_label_mix
+from contextseg.data.mix import SCALE_JITTER, BatchMix, build_batch_mix, copy_paste, cutmix, cutmix_box, scale_jitter
 from contextseg.errors import ContextSegError
 from contextseg.losses import (CrossEntropy, FocalLoss, OhemCrossEntropy, OutputsLoss, build_loss, build_loss_for,
                                median_frequency_weights, resize_to)
@@ -122,7 +123,7 @@ def test_losses_resize_and_ignore(loss):
     labels = torch.randint(0, 3, (2, 10, 12), generator=g)
     labels[:, :, :4] = 255
     value = loss(logits, labels)
-    up = F.interpolate(logits, size=(10, 12), mode="bilinear", align_corners=False)
+    up = F.interpolate(logits, size=(10, 12), mode="bilinear", align_corners=True)
     assert value.item() == pytest.approx(loss(up, labels).item(), rel=1e-6)
     # ignored pixels change nothing whatever their logits
     other = up.detach().clone()
@@ -212,11 +213,16 @@ def blob_labels(g, b=4, h=24, w=20, k=5):
 
 
 def as_image(labels, c=3):
-    return labels[:, None].float().expand(-1, c, -1, -1).contiguous()
+    """Images that encode their labels: every channel is label + 1 (so 0 is only ever Copy-Paste's padding)."""
+    return (labels[:, None].float() + 1).expand(-1, c, -1, -1).contiguous()
 
 
 def assert_consistent(images, labels):
-    assert torch.equal(images, as_image(labels, images.shape[1])), "image and label disagree after mixing"
+    """Every pixel's label is the one its image value came with; padded pixels (image 0) are ignored (255)."""
+    pad = (images[:, 0] == 0)
+    assert (labels[pad] == 255).all(), "padding not ignored"
+    assert torch.equal(images[:, :1].expand_as(images), images), "channels disagree"
+    assert torch.equal(images[:, 0][~pad], labels[~pad].float() + 1), "image and label disagree after mixing"
 
 
 def test_cutmix_keeps_image_and_label_consistent():
@@ -226,63 +232,172 @@ def test_cutmix_keeps_image_and_label_consistent():
         labels = blob_labels(g)
         images = as_image(labels)
         alpha = [0.2, 1.0, 4.0][trial % 3]
-        out_i, out_l = cutmix(images, labels, alpha=alpha, generator=g)
+        out_i, out_l = cutmix(images, labels, alpha=alpha, box=["reference", "inside"][trial % 2], generator=g)
         assert_consistent(out_i, out_l)
         assert out_l.dtype == torch.int64 and out_i.shape == images.shape
         assert torch.equal(images, as_image(labels))  # inputs untouched
         changed += int(not torch.equal(out_l, labels))
     assert changed > 100
+    with pytest.raises(ContextSegError, match="box"):
+        cutmix(images, labels, box="centre")
 
 
-def test_cutmix_box_area_follows_beta():
+def test_cutmix_inside_box_area_follows_beta():
     rng = np.random.default_rng(0)
-    areas = np.array([np.prod(cutmix_box(100, 120, 1.0, rng)[2:]) / (100 * 120) for _ in range(4000)])
+    areas = np.array([np.prod(cutmix_box(100, 120, 1.0, rng, "inside")[2:]) / (100 * 120) for _ in range(4000)])
     assert abs(areas.mean() - 0.5) < 0.02  # Beta(1, 1): uniform area fraction
     assert abs(np.mean(areas < 0.25) - 0.25) < 0.03
-    small = np.array([np.prod(cutmix_box(100, 120, 0.2, rng)[2:]) / 12000 for _ in range(4000)])
+    small = np.array([np.prod(cutmix_box(100, 120, 0.2, rng, "inside")[2:]) / 12000 for _ in range(4000)])
     assert abs(small.mean() - 0.5) < 0.03 and np.mean((small < 0.1) | (small > 0.9)) > 0.5  # U-shaped
     for _ in range(200):
-        top, left, h, w = cutmix_box(7, 9, 1.0, rng)
+        top, left, h, w = cutmix_box(7, 9, 1.0, rng, "inside")
         assert 0 <= top and top + h <= 7 and 0 <= left and left + w <= 9
 
 
-def test_copy_paste_consistent_over_many_trials():
-    g = torch.Generator().manual_seed(1)
-    changed = 0
-    for trial in range(150):
-        labels = blob_labels(g)
-        images = as_image(labels)
-        out_i, out_l = copy_paste(images, labels, scale_range=(0.5, 2.0), flip=0.5, image_mode="nearest", generator=g)
+def test_cutmix_reference_box_is_centred_and_clipped():
+    """clovaai/CutMix-PyTorch train.py rand_bbox: centre uniform over the pixels, sides int(sqrt(1 - lam) * side),
+    clipped at the border. Mean pasted area at alpha 1: (r - r^2/4)^2 averaged over r^2 ~ U(0, 1) = 0.321 for a
+    continuous image, a little less with the integer sides (0.30-0.32 here), not Beta(1, 1)'s 0.5."""
+    rng = np.random.default_rng(0)
+    boxes = np.array([cutmix_box(100, 120, 1.0, rng) for _ in range(4000)])
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (top + h <= 100).all() and (left >= 0).all() and (left + w <= 120).all()
+    areas = h * w / 12000
+    assert 0.29 < areas.mean() < 0.335
+    touching = (top == 0) | (left == 0) | (top + h == 100) | (left + w == 120)
+    assert touching.mean() > 0.5  # clipped boxes are common; "inside" boxes touch the border far less often
+    assert (h % 2 == 0).sum() > 0 and (h <= 98).all() and (w <= 118).all()  # sides 2 * (cut // 2) before clipping
+
+
+def test_label_cutmix_lam_is_the_clipped_box_area():
+    """LabelCutMix (default box "reference"): lam = 1 - pasted area / image area, as train.py recomputes it; mean
+    pasted area about 0.31 at alpha 1; the pasted pixels are exactly the partner's inside the box."""
+    g = torch.Generator().manual_seed(0)
+    mix = LabelCutMix(p=1.0, alpha=1.0, generator=g)
+    images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 32, 32).contiguous()
+    labels = torch.arange(4)
+    cut, lam = [], []
+    for k in range(2000):
+        mixed, t = mix(images, labels)
+        y0, x0, y1, x1 = (t["box"][0] * 32).round().long().tolist()
+        cut.append((y1 - y0) * (x1 - x0) / 1024)
+        lam.append(t["lam"])
+        if k < 100:  # the pixels: the partner's inside the box, the own image outside
+            inside = torch.zeros(32, 32, dtype=torch.bool)
+            inside[y0:y1, x0:x1] = True
+            assert torch.equal(mixed[:, 0, inside], t["label_b"][:, None].float().expand(-1, int(inside.sum())))
+            assert torch.equal(mixed[:, 0, ~inside], images[:, 0, ~inside])
+    assert torch.allclose(torch.stack(lam), 1.0 - torch.tensor(cut, dtype=torch.float32)[:, None].expand(-1, 4))
+    assert 0.28 < np.mean(cut) < 0.33
+    inside = LabelCutMix(p=1.0, alpha=1.0, generator=torch.Generator().manual_seed(0), box="inside")
+    assert 0.45 < np.mean([1 - inside(images, labels)[1]["lam"][0].item() for _ in range(1000)]) < 0.55
+    with pytest.raises(ContextSegError, match="box"):
+        LabelCutMix(box="centre")
+    cfg = load_config(None, ["data.mix=cutmix", "data.mix_prob=1.0", "data.mix_kwargs={alpha: 1.0, box: inside}"])
+    assert build_label_mix(cfg.data).box == "inside"
+    assert build_label_mix(load_config(None, ["data.mix=cutmix", "data.mix_prob=1.0"]).data).box == "reference"
+
+
+def test_scale_jitter_crops_or_pads_back_to_the_size():
+    """Scale jitter at a fixed output size (LSJ / SSJ): resize by s, then a random crop (s > 1) or padding with the
+    ignore label and image 0 (s < 1), image and label alike; flips are exact."""
+    label = torch.zeros(8, 8, dtype=torch.long)
+    label[2:6, 2:6] = 1
+    image = as_image(label[None])[0]
+    rng = np.random.default_rng(0)
+    offsets = set()
+    for _ in range(20):
+        img, lab = scale_jitter(image, label, (0.5, 0.5), 0.0, rng, image_mode="nearest")
+        assert img.shape == image.shape and lab.shape == label.shape
+        assert_consistent(img[None], lab[None])
+        ys, xs = torch.nonzero(lab != 255, as_tuple=True)
+        top, left = int(ys.min()), int(xs.min())
+        assert int((lab != 255).sum()) == 16 and int(ys.max()) == top + 3 and int(xs.max()) == left + 3
+        expect = torch.zeros(4, 4, dtype=torch.long)
+        expect[1:3, 1:3] = 1  # the 4x4 object at half scale
+        assert torch.equal(lab[top:top + 4, left:left + 4], expect)
+        offsets.add((top, left))
+    assert len(offsets) > 3  # the shrunk image is placed at random offsets
+    up = label.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    for _ in range(20):
+        img, lab = scale_jitter(image, label, (2.0, 2.0), 0.0, rng, image_mode="nearest")
+        assert_consistent(img[None], lab[None])
+        assert (lab != 255).all() and any(torch.equal(lab, up[y:y + 8, x:x + 8]) for y in range(9) for x in range(9))
+    label[0, 0] = 2
+    img, lab = scale_jitter(as_image(label[None])[0], label, (1.0, 1.0), 1.0, rng)
+    assert torch.equal(lab, label.flip(-1)) and lab[0, 7] == 2
+    img, lab = scale_jitter(image, label, (0.8, 0.8), 0.0, rng, ignore_index=7)  # bilinear image, nearest label
+    assert (lab == 7).any() and img.shape == image.shape
+
+
+def test_copy_paste_jitters_both_images():
+    """Both images are jittered (Ghiasi et al. 2021, Sec. 3): with no object to paste, the destination still comes
+    out flipped and rescaled; destination=False keeps it (contextseg's earlier source-only jitter)."""
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, 2:6, 2:6] = 1
+    labels[:, 0, 0] = 3
+    images = as_image(labels)
+    for seed in range(5):
+        out_i, out_l = copy_paste(images, labels, classes=[9], scale_range=(0.5, 0.5), flip=0.0,
+                                  generator=torch.Generator().manual_seed(seed), image_mode="nearest")
         assert_consistent(out_i, out_l)
-        assert torch.equal(images, as_image(labels))
-        # ignore pixels are never pasted: no pixel becomes 255
-        assert not ((out_l == 255) & (labels != 255)).any()
+        assert ((out_l != 255).sum((1, 2)) == 16).all()  # each destination shrunk to 4x4 and padded
+        same = copy_paste(images, labels, classes=[9], scale_range=(0.5, 0.5), destination=False,
+                          generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(same[0], images) and torch.equal(same[1], labels)
+    out_i, out_l = copy_paste(images, labels, classes=[9], scale_range=(1.0, 1.0), flip=1.0,
+                              generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out_l, labels.flip(-1)) and torch.equal(out_i, images.flip(-1))
+    for name, (lo, hi) in (("standard", (0.8, 1.25)), ("large", (0.1, 2.0))):
+        assert SCALE_JITTER[name] == (lo, hi)
+        copy_paste(images, labels, scale_range=name, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ContextSegError, match="scale_range"):
+        copy_paste(images, labels, scale_range="huge")
+
+
+def coded_batch(g, b=4):
+    """blob labels and images whose channel 0 encodes label + 1 and channel 1 the sample index + 1."""
+    labels = blob_labels(g, b=b)
+    images = as_image(labels, 2).clone()
+    images[:, 1] = torch.arange(1, b + 1, dtype=torch.float32).view(b, 1, 1)
+    return images, labels
+
+
+def test_copy_paste_labels_follow_pixels_over_many_trials():
+    g = torch.Generator().manual_seed(1)
+    changed = pasted = padded = 0
+    for trial in range(120):
+        images, labels = coded_batch(g)
+        before = images.clone(), labels.clone()
+        classes = [None, [3], [0, 2]][trial % 3]
+        scale = ["standard", "large", (0.5, 2.0)][trial % 3]
+        out_i, out_l = copy_paste(images, labels, classes=classes, scale_range=scale, flip=0.5,
+                                  image_mode="nearest", generator=g)
+        assert out_i.shape == images.shape and out_l.shape == labels.shape and out_l.dtype == torch.int64
+        assert torch.equal(images, before[0]) and torch.equal(labels, before[1])  # inputs untouched
+        pad = out_i[:, 0] == 0
+        assert (out_i[:, 1][pad] == 0).all() and (out_l[pad] == 255).all()
+        assert torch.equal(out_i[:, 0][~pad], out_l[~pad].float() + 1)  # the label follows the pixel exactly
+        for i in range(len(out_l)):
+            foreign = (out_i[i, 1] != 0) & (out_i[i, 1] != i + 1)  # pixels from the partner
+            assert (out_l[i][foreign] != 255).all()  # ignored source pixels and source padding are never pasted
+            if classes is not None:
+                assert np.isin(out_l[i][foreign].numpy(), classes).all()
+            pasted += int(foreign.sum())
+        padded += int(pad.sum())
         changed += int(not torch.equal(out_l, labels))
-    assert changed > 75
+    assert changed > 100 and pasted > 0 and padded > 0
 
 
 def test_copy_paste_bilinear_labels_follow_mask():
     g = torch.Generator().manual_seed(2)
     for _ in range(20):
         labels = blob_labels(g)
-        out_i, out_l = copy_paste(as_image(labels), labels, classes=[2], generator=g)  # bilinear image resize
+        out_i, out_l = copy_paste(as_image(labels), labels, classes=[2], destination=False, generator=g)  # bilinear
         new = out_l != labels
         assert (out_l[new] == 2).all()
         touched = (out_i != as_image(labels)).any(1)  # bilinear: pasted pixels may blend, but only pasted ones
         assert (out_l[touched] == 2).all()
-
-
-def test_copy_paste_only_adds_chosen_class():
-    g = torch.Generator().manual_seed(3)
-    added = 0
-    for _ in range(100):
-        labels = blob_labels(g)
-        out_i, out_l = copy_paste(as_image(labels), labels, classes=[3], image_mode="nearest", generator=g)
-        assert_consistent(out_i, out_l)
-        new = out_l != labels
-        assert (out_l[new] == 3).all()
-        added += int(new.sum())
-    assert added > 0
 
 
 def swap_generator():
@@ -302,23 +417,34 @@ def test_copy_paste_occludes_and_flips_exactly():
     for flip, cols in ((0.0, slice(0, 2)), (1.0, slice(6, 8))):
         out_i, out_l = copy_paste(as_image(labels), labels, scale_range=(1.0, 1.0), flip=flip, object_prob=1.0,
                                   generator=torch.Generator().manual_seed(seed))
-        expect0 = labels[0].clone()
+        dest = labels.flip(-1) if flip else labels  # both images are flipped
+        expect0 = dest[0].clone()
         expect0[1:3, cols] = 2
         assert torch.equal(out_l[0], expect0)
         expect1 = torch.zeros(8, 8, dtype=torch.long)  # sample 0's two class-0 regions cover sample 1 ...
-        expect1[2:4] = labels[1, 2:4]  # ... except where sample 0 is ignored: those pixels are not pasted
+        expect1[2:4] = dest[1, 2:4]  # ... except where sample 0 is ignored: those pixels are not pasted
         assert torch.equal(out_l[1], expect1)
         assert_consistent(out_i, out_l)
 
 
-def test_copy_paste_scales_objects():
+def test_copy_paste_scales_objects_and_picks_subsets():
     labels = torch.zeros(2, 8, 8, dtype=torch.long)
     labels[1] = 255
     labels[1, 2:6, 2:6] = 4
     seed = swap_generator()
     _, out_l = copy_paste(as_image(labels), labels, classes=[4], scale_range=(0.5, 0.5), flip=0.0,
-                          image_mode="nearest", generator=torch.Generator().manual_seed(seed))
+                          image_mode="nearest", generator=torch.Generator().manual_seed(seed), object_prob=1.0)
     assert int((out_l[0] == 4).sum()) == 4  # a 4x4 object at half scale is 2x2
+    # object_prob None (official code): m ~ U{0..n} of the n objects, so with 3 objects each count 0..3 appears
+    labels = torch.zeros(2, 9, 9, dtype=torch.long)
+    labels[1, 0:2, 0:2] = labels[1, 4:6, 4:6] = labels[1, 7:9, 0:2] = 1
+    swaps = [s for s in range(400) if torch.randperm(2, generator=torch.Generator().manual_seed(s)).tolist() == [1, 0]]
+    counts = []
+    for s in swaps[:60]:
+        _, out_l = copy_paste(as_image(labels), labels, classes=[1], scale_range=(1.0, 1.0), flip=0.0,
+                              generator=torch.Generator().manual_seed(s))
+        counts.append(int((out_l[0] == 1).sum()) // 4)
+    assert set(counts) == {0, 1, 2, 3}
 
 
 def test_mixes_are_deterministic_with_a_seeded_generator():

@@ -130,7 +130,8 @@ def test_rebuild_from_init_args():
         "ocr", backbone="hrnetv2_w18_small_v1", num_classes=7, in_channels=4, mid_channels=128, key_channels=64
     )
     assert model.init_args == dict(
-        arch="ocr", backbone="hrnetv2_w18_small_v1", num_classes=7, in_channels=4, mid_channels=128, key_channels=64
+        arch="ocr", backbone="hrnetv2_w18_small_v1", num_classes=7, in_channels=4, align_corners=True,
+        mid_channels=128, key_channels=64
     )
     assert model.num_classes == 7
     again = create_model(**model.init_args)
@@ -230,6 +231,6 @@ def test_fusion_formula_two_branches():
     with torch.no_grad():
         y0, y1 = mod([x0, x1])
         b0, b1 = mod.branches[0](x0), mod.branches[1](x1)
-        up = F.interpolate(mod.fuse_layers[0][1](b1), size=(9, 11), mode="bilinear", align_corners=False)
+        up = F.interpolate(mod.fuse_layers[0][1](b1), size=(9, 11), mode="bilinear", align_corners=True)
         torch.testing.assert_close(y0, F.relu(b0 + up))
         torch.testing.assert_close(y1, F.relu(mod.fuse_layers[1][0](b0) + b1))

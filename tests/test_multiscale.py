@@ -14,7 +14,8 @@ from contextseg.data.synthetic import write_synthetic_folder
 from contextseg.engine.checkpoint import atomic_save
 from contextseg.models.heads.fcn8s import bilinear_kernel, bilinear_upsample_2x, pick_strides
 from contextseg.models.multiscale import (
-    configure_inference, hierarchical_weights, resize_image, scale_key, sliding_window_inference,
+    HierarchicalAttention, ScaleAttention, configure_inference, hierarchical_weights, resize_image, scale_key,
+    sliding_window_inference,
 )
 from contextseg.registry import HEADS
 
@@ -74,7 +75,7 @@ def test_avg_and_max_are_over_logits():
     model = toy(stride=2)
     x = torch.randn(1, 3, 32, 40)
     with torch.no_grad():
-        per = [F.interpolate(model(resize_image(x, s))["out"], size=(16, 20), mode="bilinear", align_corners=False)
+        per = [F.interpolate(model(resize_image(x, s))["out"], size=(16, 20), mode="bilinear", align_corners=True)
                for s in (0.5, 1.0, 2.0)]
         avg = MultiScale(model, (0.5, 1.0, 2.0), "avg")(x)["out"]
         mx = MultiScale(model, (0.5, 1.0, 2.0), "max")(x)["out"]
@@ -144,6 +145,38 @@ def test_attention_scales_are_fixed_by_training():
         configure_inference(model, window=(16, 16))
 
 
+def test_scale_attention_head_is_attention_to_scales():
+    # Attention to Scale's attention model (its Caffe net): 3x3 conv 512 (bias), ReLU, dropout 0.5, 1x1 conv S (bias)
+    head = ScaleAttention(in_channels=6, num_scales=3)
+    assert [type(m) for m in head.children()] == [nn.Conv2d, nn.ReLU, nn.Dropout, nn.Conv2d]
+    assert head.conv.in_channels == 3 * 6 and head.conv.out_channels == 512 and head.conv.kernel_size == (3, 3)
+    assert head.conv.padding == (1, 1) and head.conv.bias is not None
+    assert head.dropout.p == 0.5
+    assert head.score.out_channels == 3 and head.score.kernel_size == (1, 1) and head.score.bias is not None
+    assert sum(p.numel() for p in head.parameters()) == 9 * 3 * 6 * 512 + 512 + 512 * 3 + 3
+    model = MultiScale(toy(), scales=(0.5, 1.0), merge="attention")
+    assert isinstance(model.attention, ScaleAttention)
+    assert model.attention.conv.out_channels == 512 and model.attention.dropout.p == 0.5
+    assert model.spec()["attention_dropout"] == 0.5
+    assert MultiScale(toy(), (0.5, 1.0), "attention", attention_dropout=0.0).attention.dropout.p == 0.0
+
+
+def test_hierarchical_head_is_nvidia_make_attn_head():
+    # make_attn_head with NVIDIA's defaults: 3x3-BN-ReLU, inner 3x3-BN-ReLU, no dropout, 1x1 to 1, sigmoid, no biases
+    head = HierarchicalAttention(in_channels=6)
+    layers = list(head.head)
+    assert [type(m) for m in layers] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.BatchNorm2d, nn.ReLU,
+                                         nn.Conv2d, nn.Sigmoid]
+    assert not any(isinstance(m, nn.Dropout) for m in head.modules())
+    convs = [m for m in layers if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(6, 256, (3, 3)), (256, 256, (3, 3)),
+                                                                                (256, 1, (1, 1))]
+    assert all(c.bias is None for c in convs)
+    assert sum(p.numel() for p in head.parameters()) == 9 * 6 * 256 + 9 * 256 * 256 + 256 + 4 * 256
+    model = MultiScale(toy(), scales=(0.5, 1.0), merge="hierarchical")
+    assert isinstance(model.attention, HierarchicalAttention) and model.attention.head[0].out_channels == 256
+
+
 # -- flip ------------------------------------------------------------------------------------
 
 def test_flip_averaging_of_flip_equivariant_model_is_exact():
@@ -174,7 +207,7 @@ def test_sliding_window_equal_to_image_is_single_pass():
     model = toy(stride=2)
     x = torch.randn(2, 3, 24, 30)
     with torch.no_grad():
-        single = F.interpolate(model(x)["out"], size=(24, 30), mode="bilinear", align_corners=False)
+        single = F.interpolate(model(x)["out"], size=(24, 30), mode="bilinear", align_corners=True)
         windowed = sliding_window_inference(model, x, K, window=(24, 30), stride=(8, 10))
     torch.testing.assert_close(windowed, single)
 

@@ -1,6 +1,7 @@
 """Classification with a Spatially Attentive Output Layer (Kim et al. CVPR 2020): the CIFAR ResNets, the SAOL and
 GAP-FC heads, label CutMix, the SAOL losses, the image-folder datasets, and train / eval / predict from the CLI."""
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from contextseg.data import LabelCutMix, build_dataset, default_data_root, write
 from contextseg.errors import ContextSegError
 from contextseg.models import create_model
 from contextseg.models.heads.saol import SAOLHead
-from contextseg.saol_loss import SAOLLoss, attention_split_loss, box_coverage, spatial_logit_loss
+from contextseg.saol_loss import SAOLLoss, WithSourceLogits, box_coverage, sd_loss, ss1_loss, ss2_loss
 
 
 def n_params(module):
@@ -85,59 +86,130 @@ def test_label_cutmix_pastes_the_partner_and_its_label():
     assert (y1 - y0) * (x1 - x0) > 0 and torch.allclose(t["lam"], torch.full((6,), 1 - (y1 - y0) * (x1 - x0) / 64))
     partner = mixed[:, 0, y0, x0].long()
     assert torch.equal(t["label_b"], labels[partner]) and torch.equal(t["label"], labels)
+    assert torch.equal(t["index_b"], partner)
     outside = torch.ones(8, 8, dtype=torch.bool)
     outside[y0:y1, x0:x1] = False
     assert torch.equal(mixed[:, :, outside], images[:, :, outside])
     same, t0 = LabelCutMix(p=0.0)(images, labels)
     assert same is images and (t0["lam"] == 1).all() and (t0["box"] == 0).all()
+    assert torch.equal(t0["index_b"], torch.arange(6))
 
 
-def test_self_supervised_losses_vanish_for_the_box_layout():
-    box = torch.tensor([[0.25, 0.5, 0.75, 1.0]])  # cells 2..5 x 4..7 of an 8x8 grid, wholly
-    cover = box_coverage(box, 8, 8)
-    assert cover.sum() == 16 and set(cover.unique().tolist()) == {0.0, 1.0}
+def test_box_on_the_grid_is_the_area_share():
+    cover = box_coverage(torch.tensor([[0.25, 0.5, 0.75, 1.0]]), 8, 8)  # cells 2..5 x 4..7 of an 8x8 grid, wholly
+    assert cover.sum() == 16 and set(cover.unique().tolist()) == {0.0, 1.0} and cover[0, 2:6, 4:].all()
     assert box_coverage(torch.tensor([[0.0, 0.0, 0.3, 0.5]]), 4, 4)[0, 1, 0] == pytest.approx(0.2)  # part of a cell
-    y_a, y_b = torch.tensor([0]), torch.tensor([2])
-    layout = torch.where(cover.bool(), y_b.view(1, 1, 1), y_a.view(1, 1, 1))
-    z = 30.0 * F.one_hot(layout, 3).permute(0, 3, 1, 2).float()  # each cell predicts its source's class
-    assert spatial_logit_loss(z, cover, y_a, y_b).item() < 1e-9
-    assert spatial_logit_loss(-z, cover, y_a, y_b).item() > 10
-    r = torch.tensor([0.25])
-    even = torch.full((1, 1, 8, 8), 1 / 64)  # mass inside the box = its area share
-    assert attention_split_loss(even, cover, r).item() < 1e-6
-    inside = cover.unsqueeze(1) / 16
-    assert attention_split_loss(inside, cover, r).item() > 1.0
-    soft = torch.tensor([[0.0, 0.0, 0.3, 0.5]])  # cells partly covered: soft targets, still zero at the optimum
-    cover = box_coverage(soft, 4, 4)
-    onehot = lambda y: F.one_hot(y, 3)[..., None, None]  # noqa: E731
-    t = (1 - cover).unsqueeze(1) * onehot(y_a) + cover.unsqueeze(1) * onehot(y_b)
-    assert spatial_logit_loss(t.clamp_min(1e-30).log(), cover, y_a, y_b).item() < 1e-6
-
-    loss = SAOLLoss()  # all four terms; an unmixed batch has no self-supervision
-    targets = {"label": y_a, "label_b": y_b, "lam": torch.tensor([0.75]), "box": box}
-    perfect = {"out": torch.log(torch.tensor([[0.75, 0.0, 0.25]]).clamp_min(1e-12)), "gap": torch.zeros(1, 3),
-               "spatial_logits": z, "attention": even}
-    total, parts = loss(perfect, targets)
-    assert set(parts) == {"ce", "spatial", "attention", "distill"}
-    assert parts["spatial"] < 1e-6 and parts["attention"] < 1e-6
-    _, unmixed = loss(perfect, y_a)
-    assert unmixed["spatial"] == 0 and unmixed["attention"] == 0
+    pixels = torch.zeros(1, 1, 32, 32)
+    pixels[..., 5:19, 9:30] = 1  # M at full resolution -> average pooling to the grid
+    box = torch.tensor([[5 / 32, 9 / 32, 19 / 32, 30 / 32]])
+    torch.testing.assert_close(box_coverage(box, 8, 8), F.adaptive_avg_pool2d(pixels, 8)[:, 0])
 
 
-def test_cutmix_ce_and_distillation():
+# a 2x2 grid; box rows [0, 0.5), columns [0, 0.75): cell (0, 0) wholly inside, (0, 1) half, the bottom row outside
+BOX = torch.tensor([[0.0, 0.0, 0.5, 0.75]])
+M = [[1.0, 0.5], [0.0, 0.0]]
+
+
+def test_ss1_is_the_bce_between_attention_and_the_mask():
+    a = [[0.4, 0.3], [0.2, 0.1]]
+    cells = [(i, j) for i in range(2) for j in range(2)]
+    by_hand = -sum(M[i][j] * math.log(a[i][j]) + (1 - M[i][j]) * math.log(1 - a[i][j]) for i, j in cells) / 4
+    mask = box_coverage(BOX, 2, 2)
+    assert mask[0].tolist() == M
+    assert ss1_loss(torch.tensor(a).view(1, 1, 2, 2), mask).item() == pytest.approx(by_hand, rel=1e-6)
+    # the reviewer's case: attention on the pasted box scores lower than uniform attention (8x8 grid, 16 box cells)
+    mask = box_coverage(torch.tensor([[0.25, 0.5, 0.75, 1.0]]), 8, 8)
+    uniform, on_box = torch.full((1, 1, 8, 8), 1 / 64), mask.unsqueeze(1) / 16
+    by_hand = (16 * math.log(64) - 48 * math.log(63 / 64)) / 64
+    assert ss1_loss(uniform, mask).item() == pytest.approx(by_hand, rel=1e-6)
+    assert ss1_loss(on_box, mask).item() == pytest.approx(16 * math.log(16) / 64, rel=1e-5)
+    assert ss1_loss(on_box, mask) < ss1_loss(uniform, mask)
+    off_box = (1 - mask).unsqueeze(1) / 48
+    assert ss1_loss(off_box, mask) > ss1_loss(uniform, mask)
+
+
+def test_ss2_is_the_kl_from_the_source_logits_inside_the_box():
+    z_mix = torch.tensor([[[0.0, 1.0], [2.0, -1.0]], [[1.0, 0.0], [0.5, 0.5]]]).unsqueeze(0)  # (1, K=2, 2, 2)
+    z_src = torch.tensor([[[2.0, 0.0], [0.0, 3.0]], [[0.0, 1.0], [1.0, 0.0]]]).unsqueeze(0)
+
+    def probs(z, i, j):
+        e = [math.exp(z[0, k, i, j].item()) for k in range(2)]
+        return [v / sum(e) for v in e]
+
+    def kl(i, j):
+        p, q = probs(z_src, i, j), probs(z_mix, i, j)
+        return sum(pk * math.log(pk / qk) for pk, qk in zip(p, q))
+
+    by_hand = (1.0 * kl(0, 0) + 0.5 * kl(0, 1)) / 1.5  # cells weighted by their share in the box; outside: none
+    z = z_mix.clone().requires_grad_()
+    source = z_src.clone().requires_grad_()
+    value = ss2_loss(z, source, box_coverage(BOX, 2, 2))
+    assert value.item() == pytest.approx(by_hand, rel=1e-6)
+    value.sum().backward()
+    assert source.grad is None and z.grad[..., 1, :].abs().sum() == 0 and z.grad[..., 0, :].abs().sum() > 0
+    assert ss2_loss(z_src, z_src, box_coverage(BOX, 2, 2)).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_sd_mixes_gap_ce_and_distillation_with_beta():
+    gap, out = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.2, 1.5, -0.3]])
+    t = {"label": torch.tensor([0]), "label_b": torch.tensor([1]), "lam": torch.tensor([0.7])}
+    log_softmax = lambda v: [x - math.log(sum(math.exp(y) for y in v)) for x in v]  # noqa: E731
+    lq, lp = log_softmax(gap[0].tolist()), log_softmax(out[0].tolist())
+    ce = -(0.7 * lq[0] + 0.3 * lq[1])
+    kl = sum(math.exp(a) * (a - b) for a, b in zip(lp, lq))
+    assert sd_loss(gap, out, t, beta=0.5).item() == pytest.approx(0.5 * ce + 0.5 * kl, rel=1e-6)
+    lq2, lp2 = log_softmax((gap[0] / 2).tolist()), log_softmax((out[0] / 2).tolist())
+    kl2 = sum(math.exp(a) * (a - b) for a, b in zip(lp2, lq2))
+    assert sd_loss(gap, out, t, beta=0.25, temperature=2.0).item() == pytest.approx(0.75 * ce + 0.25 * 4 * kl2,
+                                                                                   rel=1e-6)
+    g, o = gap.clone().requires_grad_(), out.clone().requires_grad_()
+    sd_loss(g, o, t).sum().backward()
+    assert o.grad is None and g.grad.abs().sum() > 0  # SAOL is the teacher: detached
+
+
+def test_saol_loss_sums_the_terms():
     torch.manual_seed(0)
-    out, gap = torch.randn(4, 5, requires_grad=True), torch.randn(4, 5, requires_grad=True)
-    t = {"label": torch.tensor([0, 1, 2, 3]), "label_b": torch.tensor([4, 4, 0, 1]), "lam": torch.tensor([0.7] * 4),
-         "box": torch.tensor([[0.0, 0.0, 0.5, 0.6]] * 4)}
-    _, parts = SAOLLoss({"out": 1.0})({"out": out}, t)
-    expected = 0.7 * F.cross_entropy(out, t["label"]) + 0.3 * F.cross_entropy(out, t["label_b"])
-    torch.testing.assert_close(parts["ce"], expected)
-    total, parts = SAOLLoss({"gap": 1.0}, temperature=2.0)({"out": out, "gap": gap}, t)
-    total.backward()
-    assert out.grad is None and gap.grad.abs().sum() > 0  # SAOL is the teacher: detached
-    assert SAOLLoss({"gap": 1.0})({"out": out, "gap": out.detach()}, t)[0].abs() < 1e-6
+    b, k = 3, 4
+    outputs = {"out": torch.randn(b, k), "gap": torch.randn(b, k), "spatial_logits": torch.randn(b, k, 2, 2),
+               "attention": torch.randn(b, 4).softmax(1).view(b, 1, 2, 2)}
+    t = {"label": torch.tensor([0, 1, 2]), "label_b": torch.tensor([3, 0, 1]), "lam": torch.tensor([0.625] * b),
+         "box": BOX.expand(b, 4), "index_b": torch.tensor([2, 0, 1]), "source_logits": torch.randn(b, k, 2, 2)}
+    total, parts = SAOLLoss()(outputs, t)
+    assert set(parts) == {"ce", "ss1", "ss2", "sd"}
+    mask = box_coverage(t["box"], 2, 2)
+    ce = (0.625 * F.cross_entropy(outputs["out"], t["label"]) + 0.375 * F.cross_entropy(outputs["out"], t["label_b"]))
+    torch.testing.assert_close(parts["ce"], ce)
+    torch.testing.assert_close(parts["ss1"], ss1_loss(outputs["attention"], mask).mean())
+    torch.testing.assert_close(parts["ss2"], ss2_loss(outputs["spatial_logits"], t["source_logits"], mask).mean())
+    torch.testing.assert_close(parts["sd"], sd_loss(outputs["gap"], outputs["out"], t, beta=0.5).mean())
+    torch.testing.assert_close(total, sum(parts.values()))
+    weighted, _ = SAOLLoss({"out": 1.0, "attention": 2.0, "spatial_logits": 0.5, "gap": 1.0}, beta=1.0)(outputs, t)
+    torch.testing.assert_close(weighted, parts["ce"] + 2 * parts["ss1"] + 0.5 * parts["ss2"]
+                               + sd_loss(outputs["gap"], outputs["out"], t, beta=1.0).mean())
+    _, unmixed = SAOLLoss()(outputs, t["label"])  # no CutMix, no self-supervision
+    assert unmixed["ss1"] == 0 and unmixed["ss2"] == 0
+    with pytest.raises(ContextSegError, match="source_logits"):
+        SAOLLoss()(outputs, {key: v for key, v in t.items() if key != "source_logits"})
+    with pytest.raises(ContextSegError, match="beta"):
+        SAOLLoss({"out": 1.0, "gap_ce": 1.0})
     with pytest.raises(ContextSegError, match="does not know"):
         SAOLLoss({"out": 1.0, "aux": 0.4, "edges": 1.0})
+    assert not SAOLLoss({"out": 1.0}).needs_source_logits and SAOLLoss().needs_source_logits
+
+
+def test_source_logits_come_from_the_unmixed_partner():
+    torch.manual_seed(0)
+    model = create_model("saol", backbone="cifar_resnet20", num_classes=3).train()
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    mix = WithSourceLogits(LabelCutMix(p=1.0, generator=torch.Generator().manual_seed(1)), model)
+    mixed, t = mix(images, labels)
+    assert model.training and (t["lam"] < 1).all() and not torch.equal(mixed, images)
+    with torch.no_grad():
+        expected = model.eval()(images)["spatial_logits"][t["index_b"]]
+    torch.testing.assert_close(t["source_logits"], expected)
+    assert not t["source_logits"].requires_grad
+    _, plain = WithSourceLogits(LabelCutMix(p=0.0), model)(images, labels)
+    assert "source_logits" not in plain
 
 
 def test_image_folder_split_and_errors(tmp_path):
@@ -173,7 +245,7 @@ def test_train_eval_predict_cli(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert {"top1", "top1_gap", "per_class_acc"} <= set(summary["final"]) and summary["final"]["images"] == 6
     logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    assert {"loss_ce", "loss_spatial", "loss_attention", "loss_distill"} <= set(logged)
+    assert {"loss_ce", "loss_ss1", "loss_ss2", "loss_sd"} <= set(logged) and logged["loss_ss2"] > 0
     assert "GAP-FC top-1" in capsys.readouterr().out
     assert main(["eval", cfg, *common, "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "e.json"),
                  "--no-progress"]) == 0

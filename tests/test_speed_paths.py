@@ -107,7 +107,7 @@ def small_model():
 def _reference(model, x):
     with torch.no_grad():
         out = model(x)["out"]
-    return torch.nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=True)
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("onnxruntime", marks=pytest.mark.slow)])

@@ -1,6 +1,7 @@
-"""SSNet (Zeng et al. ICCV 2019): the SAM formula and shapes, the loss terms, image-level labels from label maps, the
-pseudo-label rule on hand-made probabilities, a weak training that never reads pixel labels, stage 1 through the
-CLI, pseudo-label writing and both stage-2 routes, on tiny generated data."""
+"""SSNet (Zeng et al. ICCV 2019; official code github.com/zengxianyu/jsws): the SAM formula and shapes, the stage-2
+ASPP-L head and FC classifier, the loss terms (the official NLL on (P_0, S) and BCE on S) by hand, image-level labels
+from label maps, both pseudo-label rules (official and restricted) on hand-made logits, a weak training that never
+reads pixel labels, stage 1 through the CLI, pseudo-label writing and both stage-2 routes, on tiny generated data."""
 import json
 import shutil
 from pathlib import Path
@@ -12,14 +13,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from contextseg.cli import main
+from contextseg.config import load_config
 from contextseg.data import build_dataset, write_synthetic_weak
 from contextseg.data.weak import ClassLayout, derive_image_labels, load_image_labels, save_image_labels
 from contextseg.engine.checkpoint import load_checkpoint
-from contextseg.engine.pseudo_labels import channels_to_classes, pseudo_label
+from contextseg.engine.pseudo_labels import channels_to_classes, pseudo_label, write_pseudo_labels
 from contextseg.errors import ContextSegError
 from contextseg.models import create_model
+from contextseg.models.heads.aspp_l import ASPPLHead
 from contextseg.models.heads.ssnet import aggregate_saliency
-from contextseg.ssnet_loss import SSNetLoss
+from contextseg.ssnet_loss import SSNetLoss, saliency_nll
 
 CFG = "configs/weak/ssnet_synthetic.yaml"
 
@@ -68,6 +71,40 @@ def test_shapes_and_the_sam_formula():
         aggregate_saliency(probs, torch.ones(1, 3))
 
 
+def test_stage2_aspp_l_head_and_fc_classifier():
+    """Official jls_deeplab.py: seg = sum of four 3x3 convs (dilations 6/12/18/24, padding = dilation) on one map;
+    cls_fc = Linear(global average of the deepest map). Here on HRNet's stride-4 concat, rates rescaled x2."""
+    torch.manual_seed(0)
+    model = create_model("ssnet", backbone="hrnetv2_w18_small_v1", num_classes=5, seg_head="aspp_l", cls_head="fc")
+    head = model.head
+    assert isinstance(head.seg, ASPPLHead) and head.seg.rates == (12, 24, 36, 48)
+    c = sum(model.backbone.out_channels)  # 240: the four maps concatenated
+    for conv, r in zip(head.seg.branches, (12, 24, 36, 48)):
+        assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.dilation, conv.padding) == (
+            c, 6, (3, 3), (r, r), (r, r))
+    assert sum(p.numel() for p in head.seg.parameters()) == 4 * (9 * c * 6 + 6)
+    assert (head.cls_fc.in_features, head.cls_fc.out_features) == (128, 5)
+    assert model.feat_channels == c  # "feat" = the map the four classifiers share
+    feats = [torch.randn(2, w, 8 // 2 ** i + 1, 12 // 2 ** i + 1) for i, w in enumerate(model.backbone.out_channels)]
+    out = head(feats)
+    x = head.seg.inputs(feats)
+    torch.testing.assert_close(out["out"], sum(conv(x) for conv in head.seg.branches))
+    torch.testing.assert_close(out["class_logits"], head.cls_fc(feats[-1].mean(dim=(2, 3))))
+    torch.testing.assert_close(out["saliency"], aggregate_saliency(out["out"].softmax(1), out["saliency_scores"]))
+    # the official dilations literally, and the errors
+    exact = create_model("ssnet", backbone="hrnetv2_w18_small_v1", num_classes=5, seg_head="aspp_l",
+                         rates=[6, 12, 18, 24])
+    assert [b.dilation[0] for b in exact.head.seg.branches] == [6, 12, 18, 24]
+    with pytest.raises(ContextSegError, match="seg_head"):
+        create_model("ssnet", backbone="hrnetv2_w18_small_v1", num_classes=5, seg_head="deeplab")
+    with pytest.raises(ContextSegError, match="rates"):
+        create_model("ssnet", backbone="hrnetv2_w18_small_v1", num_classes=5, rates=[6, 12])
+    # the stage-2 config builds that head and keeps the classification BCE (official weight 1)
+    cfg = load_config("configs/weak/ssnet_stage2_camvid_ecssd.yaml")
+    assert cfg.model.kwargs["seg_head"] == "aspp_l" and cfg.model.kwargs["cls_head"] == "fc"
+    assert cfg.loss.weights == {"seg": 1.0, "saliency": 1.0, "cls": 1.0} and cfg.loss.kwargs == {"saliency": "nll"}
+
+
 def test_loss_terms_by_hand():
     torch.manual_seed(0)
     out = {"out": torch.randn(4, 3, 4, 4), "class_logits": torch.randn(4, 2), "saliency": torch.rand(4, 1, 4, 4)}
@@ -76,20 +113,43 @@ def test_loss_terms_by_hand():
     mask[:, :, 6:] = 255
     pseudo = torch.randint(0, 3, (2, 4, 4))
     pseudo[0, 0] = 255
-    total, parts = SSNetLoss({"cls": 1.0, "saliency": 2.0, "seg": 0.5})(out, {"labels": labels, "mask": mask,
-                                                                             "pseudo": pseudo})
+    targets = {"labels": labels, "mask": mask, "pseudo": pseudo}
     cls = F.binary_cross_entropy_with_logits(out["class_logits"][:2], labels)
-    s = F.interpolate(out["saliency"][2:], size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
+    up = lambda t: F.interpolate(t, size=(8, 8), mode="bilinear", align_corners=True)  # noqa: E731
+    s, p0 = up(out["saliency"][2:])[:, 0], up(out["out"][2:].softmax(1)[:, :1])[:, 0]
     keep = mask != 255
-    sal = F.binary_cross_entropy(s[keep], mask[keep].float())
+    bce = F.binary_cross_entropy(s[keep], mask[keep].float())
+    nll = -torch.where(mask == 1, s, p0)[keep].mean()  # official: nll_loss on (P_0, S), no log
     seg = F.cross_entropy(out["out"][:2], pseudo, ignore_index=255)
-    torch.testing.assert_close(parts["cls"], cls)
-    torch.testing.assert_close(parts["saliency"], sal)
-    torch.testing.assert_close(parts["seg"], seg)
-    torch.testing.assert_close(total, cls + 2 * sal + 0.5 * seg)
+    for kind, sal in (("bce", bce), ("nll", nll)):
+        total, parts = SSNetLoss({"cls": 1.0, "saliency": 2.0, "seg": 0.5}, saliency=kind)(out, targets)
+        torch.testing.assert_close(parts["cls"], cls)
+        torch.testing.assert_close(parts["saliency"], sal)
+        torch.testing.assert_close(parts["seg"], seg)
+        torch.testing.assert_close(total, cls + 2 * sal + 0.5 * seg)
+    assert SSNetLoss().saliency == "nll"  # the official loss is the default
     assert set(SSNetLoss({"out": 1.0, "aux": 0.4}).weights.values()) == {1.0}  # the package default means "not set"
     with pytest.raises(ContextSegError, match="not SSNet terms"):
         SSNetLoss({"out": 1.0})
+    with pytest.raises(ContextSegError, match="nll"):
+        SSNetLoss(saliency="l1")
+
+
+def test_official_saliency_nll_on_numbers():
+    # one image, three pixels: P_0 = 0.7 / 0.6 / 0.5, S = 0.2 / 0.3 / 0.4; masks salient, not salient, ignored
+    p0 = torch.tensor([0.7, 0.6, 0.5]).view(1, 1, 1, 3)
+    s = torch.tensor([0.2, 0.3, 0.4]).view(1, 1, 1, 3)
+    mask = torch.tensor([[[1, 0, 255]]])
+    loss = saliency_nll(p0, s, mask)
+    assert loss.item() == pytest.approx(-(0.2 + 0.6) / 2)  # -mean(S where salient, P_0 where not)
+    official = F.nll_loss(torch.cat([p0, s], 1)[..., :2], mask[..., :2].long())  # the official call, no ignored pixel
+    assert loss.item() == pytest.approx(official.item())
+    # through SSNetLoss: P_0 from the logits of the saliency rows (log-probabilities as logits give P back)
+    logits = torch.log(torch.tensor([[0.7, 0.6, 0.5], [0.3, 0.4, 0.5]])).view(1, 2, 1, 3)
+    out = {"out": torch.cat([torch.zeros_like(logits), logits]), "saliency": torch.cat([s, s]),
+           "class_logits": torch.zeros(2, 1)}
+    total, parts = SSNetLoss({"saliency": 1.0})(out, {"labels": torch.ones(1, 1), "mask": mask})
+    assert parts["saliency"].item() == pytest.approx(-0.4) and total.item() == pytest.approx(-0.4)
 
 
 class Maps:
@@ -128,8 +188,28 @@ def test_image_labels_from_label_maps(tmp_path):
         load_image_labels(tmp_path / "labels.json", other)
 
 
-def test_pseudo_label_rule_on_hand_made_maps():
-    # channels: background, c1, c2, c3; the image is labelled {c1, c3} (c2 absent)
+def test_official_pseudo_label_rule_can_pick_an_absent_class():
+    # syn_stage1.py: logits of absent classes zeroed, then softmax / arg max. channels: background, c1, c2, c3;
+    # labels {c1, c3} (c2 absent)
+    logits = torch.tensor([
+        [-1.0, -0.5, 3.0, -2.0],  # official [-1, -.5, 0, -2]: all kept logits negative -> c2 (absent!); ours c1
+        [0.5, 2.0, 5.0, -1.0],  # official [.5, 2, 0, -1] -> c1; ours c1
+        [1.0, -3.0, 4.0, -3.0],  # official [1, -3, 0, -3] -> background; ours background
+    ]).T.reshape(4, 1, 3)
+    labels = torch.tensor([1.0, 0.0, 1.0])
+    assert pseudo_label(logits, labels)[0].tolist() == [2, 1, 0]  # default: the official rule, no threshold
+    assert pseudo_label(logits, labels, rule="restrict")[0].tolist() == [1, 1, 0]
+    # the official P~ of pixel 0: softmax([-1, -.5, 0, -2]) = [.174, .287, .474, .064]
+    p = 1 / (np.exp(-1) + np.exp(-0.5) + 1 + np.exp(-2))
+    assert pseudo_label(logits, labels, min_prob=p - 1e-4)[0, 0].item() == 2
+    assert pseudo_label(logits, labels, min_prob=p + 1e-4)[0, 0].item() == 255
+    with pytest.raises(ContextSegError, match="official"):
+        pseudo_label(logits, labels, rule="crf")
+
+
+def test_restricted_pseudo_label_rule_on_hand_made_maps():
+    # channels: background, c1, c2, c3; the image is labelled {c1, c3} (c2 absent). Log-probabilities as logits:
+    # the restricted softmax is then P over the kept classes, renormalised
     probs = torch.tensor([
         [0.10, 0.60, 0.20, 0.10],  # restricted [.125, .75, -, .125]        -> c1
         [0.10, 0.12, 0.70, 0.08],  # restricted [.33, .40, -, .27]: unsure  -> 255 (c1 with min_prob 0)
@@ -138,19 +218,21 @@ def test_pseudo_label_rule_on_hand_made_maps():
         [0.05, 0.50, 0.05, 0.40],  # restricted [.05, .53, -, .42]          -> c1
         [0.48, 0.37, 0.10, 0.05],  # restricted [.53, .41, -, .06]          -> background
     ]).T.reshape(4, 1, 6)
+    logits = probs.log()
     labels = torch.tensor([1.0, 0.0, 1.0])
-    assert pseudo_label(probs, labels, min_prob=0.5)[0].tolist() == [1, 255, 0, 3, 1, 0]
-    assert pseudo_label(probs, labels, min_prob=0.0)[0].tolist() == [1, 1, 0, 3, 1, 0]
+    assert pseudo_label(logits, labels, min_prob=0.5, rule="restrict")[0].tolist() == [1, 255, 0, 3, 1, 0]
+    assert pseudo_label(logits, labels, min_prob=0.0, rule="restrict")[0].tolist() == [1, 1, 0, 3, 1, 0]
     # saliency for background: S~ = 0.9 P~_1 + 0.1 P~_3 = [.69, .39, .11, .26, .52, .38]; t = 0.3
     scores = torch.tensor([0.9, 0.5, 0.1])
-    assert pseudo_label(probs, labels, scores, 0.5, bg_threshold=0.3)[0].tolist() == [1, 255, 0, 0, 1, 255]
+    assert pseudo_label(logits, labels, scores, 0.5, bg_threshold=0.3, rule="restrict")[0].tolist() == [
+        1, 255, 0, 0, 1, 255]
     # channels -> classes: CamVid-like (no background class) drops background to 255; VOC-like keeps it
     ch = np.array([[0, 1, 3, 255]])
     assert channels_to_classes(ch, ClassLayout(["a", "b", "c"]).channel_to_class).tolist() == [[255, 0, 2, 255]]
     voc = ClassLayout(["bg", "a", "b", "c"], background_class=0)
     assert voc.names == ["bg", "a", "b", "c"] and channels_to_classes(ch, voc.channel_to_class).tolist() == [[0, 1, 3, 255]]
     with pytest.raises(ContextSegError, match="C \\+ 1"):
-        pseudo_label(probs, torch.ones(2))
+        pseudo_label(logits, torch.ones(2))
 
 
 def test_weak_training_never_reads_pixel_labels(tmp_path):
@@ -194,19 +276,30 @@ def test_stage1_cli_trains_and_evaluates(stage1, tmp_path, capsys):
     assert "model.arch=ssnet" in capsys.readouterr().err
     assert main(["train", "configs/synthetic_fcn.yaml", "model.arch=ssnet", *small(tmp_path / "y"), "--no-progress"]) == 2
     assert "weak_saliency" in capsys.readouterr().err
+    assert main(["train", CFG, kwargs(roots), *small(tmp_path / "z"), "loss.kwargs={gamma: 2}", "--no-progress"]) == 2
+    assert "saliency: nll | bce" in capsys.readouterr().err
 
 
 def test_pseudo_labels_and_both_stage2_routes(stage1, tmp_path):
     base, roots, out = stage1
     plabels = tmp_path / "pseudo"
     assert main(["pseudo-labels", CFG, kwargs(roots), "--checkpoint", str(out / "best.pt"), "--out", str(plabels),
-                 "--min-prob", "0.3", "--no-progress"]) == 0
+                 "--min-prob", "0", "--no-progress"]) == 0
     report = json.loads((plabels / "pseudo_labels.json").read_text())
     assert report["images"] == 4 and 0 <= report["coverage"] <= 1 and report["mIoU"] <= report["mIoU_labelled"] + 1e-9
+    assert report["rule"] == "official"
+    k = len(report["classes"])
+    for png in sorted(plabels.glob("*.png")):  # the official rule may pick any class
+        assert set(np.unique(np.asarray(Image.open(png))).tolist()) - {255} <= set(range(k))
+    # our restricted rule: only the image's labelled classes
+    restricted = tmp_path / "restricted"
+    cfg = load_config(CFG, [kwargs(roots)])
+    assert write_pseudo_labels(cfg, out / "best.pt", restricted, rule="restrict", progress=False,
+                               report=False)["rule"] == "restrict"
     image_labels = json.loads((out / "image_labels.json").read_text())["images"]
-    for png in sorted(plabels.glob("*.png")):
+    for png in sorted(restricted.glob("*.png")):
         values = set(np.unique(np.asarray(Image.open(png))).tolist()) - {255}
-        assert values <= set(image_labels[png.stem])  # only the image's labelled classes
+        assert values <= set(image_labels[png.stem])
     # stage 2, ordinary route: the pseudo_labels dataset serves the pseudo masks for train, true labels for val
     train = build_dataset("pseudo_labels", "train", root=roots["segmentation"], labels=str(plabels), source="folder")
     val = build_dataset("pseudo_labels", "val", root=roots["segmentation"], labels=str(plabels), source="folder")
@@ -215,9 +308,15 @@ def test_pseudo_labels_and_both_stage2_routes(stage1, tmp_path):
     with pytest.raises(ContextSegError, match="contextseg pseudo-labels"):
         build_dataset("pseudo_labels", "train", root=roots["segmentation"], labels=str(tmp_path / "none"),
                       source="folder")
-    # stage 2 as the paper: SSNet on pseudo labels + saliency
+    # stage 2 as the paper: SSNet with the ASPP-L head and FC classifier on pseudo labels + saliency + class BCE
     s2 = tmp_path / "stage2"
-    assert main(["train", CFG, kwargs(roots, pseudo_labels=plabels), *small(s2, "train.iters=1", "train.eval_interval=1"),
-                 "loss.weights={seg: 1.0, saliency: 1.0, cls: 0.0}", "--no-progress"]) == 0
-    record = json.loads((s2 / "metrics.jsonl").read_text().splitlines()[0])
-    assert {"loss_seg", "loss_saliency"} <= set(record) and "loss_cls" not in record
+    assert main(["train", CFG, kwargs(roots, pseudo_labels=plabels), *small(s2),
+                 "model.kwargs={sam_grid: 2, seg_head: aspp_l, cls_head: fc}",
+                 "loss.weights={seg: 1.0, saliency: 1.0, cls: 1.0}", "loss.kwargs={saliency: nll}",
+                 "--no-progress"]) == 0
+    records = [json.loads(line) for line in (s2 / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_seg", "loss_saliency", "loss_cls"} <= set(records[0])
+    assert -1.0 <= records[0]["loss_saliency"] <= 0.0  # the official NLL on probabilities
+    assert records[0]["step"] == 2 and records[-1]["kind"] == "val"  # two training steps, then the evaluation
+    ckpt = load_checkpoint(s2 / "best.pt")
+    assert ckpt["model_args"]["seg_head"] == "aspp_l" and ckpt["model_args"]["cls_head"] == "fc"

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from ..errors import ContextSegError
 from ..registry import DATASETS
 from .datasets import IMAGE_EXTS, default_data_root, read_image, voc_palette
-from .mix import _numpy_rng, cutmix_box
+from .mix import CUTMIX_BOXES, _numpy_rng, cutmix_box
 from .transforms import MEAN, STD, SegTransform, eval_transform
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -153,20 +153,26 @@ def classification_train_transform(crop_size: Sequence[int] = (32, 32), pad: int
 class LabelCutMix:
     """CutMix for image labels (Yun et al. 2019, Sec. 3.1; the CIFAR setting: probability p = 0.5 per batch, alpha 1).
 
-    ``images, targets = LabelCutMix(p, alpha)(images (B, C, H, W), labels (B,))``: with probability p, one box (area
-    fraction ~ Beta(alpha, alpha), wholly inside the image: ``data.mix.cutmix_box``) is cut from each sample's
-    partner perm[i] and pasted into it. targets is always a dict:
+    ``images, targets = LabelCutMix(p, alpha, box)(images (B, C, H, W), labels (B,))``: with probability p, one box
+    (``data.mix.cutmix_box``, lam ~ Beta(alpha, alpha); box "reference" (default): centred uniformly and clipped at the
+    border as the official code, clovaai/CutMix-PyTorch train.py ``rand_bbox``, mean area 0.30-0.32 at alpha 1;
+    "inside": wholly inside the image, area ~ Beta(alpha, alpha)) is cut from each sample's partner perm[i] and
+    pasted into it. lam is then recomputed from the pasted box, as train.py does. targets is always a dict:
         label (B,) int64 own class, label_b (B,) the partner's, lam (B,) float: share of the area kept from the own
-        image (1 - box area, exact), box (B, 4) float: (y0, x0, y1, x1) of the pasted box as fractions of H, W
-        (zeros, lam 1, label_b = label when the batch is not mixed).
+        image (1 - box area, exact), box (B, 4) float: (y0, x0, y1, x1) of the pasted box as fractions of H, W,
+        index_b (B,) int64 the partner's index in the batch (zeros, lam 1, label_b = label, index_b = 0..B-1 when
+        the batch is not mixed).
     """
 
-    def __init__(self, p: float = 0.5, alpha: float = 1.0, generator: torch.Generator | None = None):
+    def __init__(self, p: float = 0.5, alpha: float = 1.0, generator: torch.Generator | None = None,
+                 box: str = "reference"):
         if not 0.0 <= p <= 1.0:
             raise ContextSegError(f"CutMix probability must be in [0, 1], got {p} (data.mix_prob)")
         if alpha <= 0:
             raise ContextSegError(f"cutmix alpha must be > 0, got {alpha} (data.mix_kwargs.alpha)")
-        self.p, self.alpha, self.generator = float(p), float(alpha), generator
+        if box not in CUTMIX_BOXES:
+            raise ContextSegError(f"cutmix box is 'reference' or 'inside', got {box!r} (data.mix_kwargs.box)")
+        self.p, self.alpha, self.generator, self.box = float(p), float(alpha), generator, box
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         if images.dim() != 4 or labels.dim() != 1 or labels.shape[0] != images.shape[0]:
@@ -174,17 +180,17 @@ class LabelCutMix:
                                   f"{tuple(images.shape)} and {tuple(labels.shape)}")
         b, _, height, width = images.shape
         targets = {"label": labels, "label_b": labels, "lam": torch.ones(b, device=images.device),
-                   "box": torch.zeros(b, 4, device=images.device)}
+                   "box": torch.zeros(b, 4, device=images.device), "index_b": torch.arange(b, device=images.device)}
         if self.p <= 0 or torch.rand((), generator=self.generator).item() >= self.p:
             return images, targets
         perm = torch.randperm(b, generator=self.generator).to(images.device)
-        top, left, h, w = cutmix_box(height, width, self.alpha, _numpy_rng(self.generator))
+        top, left, h, w = cutmix_box(height, width, self.alpha, _numpy_rng(self.generator), self.box)
         if h == 0 or w == 0:
             return images, targets
         images = images.clone()
         images[:, :, top:top + h, left:left + w] = images[perm, :, top:top + h, left:left + w]
         box = torch.tensor([top / height, left / width, (top + h) / height, (left + w) / width], device=images.device)
-        targets.update(label_b=labels[perm], lam=targets["lam"] * (1.0 - h * w / (height * width)),
+        targets.update(label_b=labels[perm], index_b=perm, lam=targets["lam"] * (1.0 - h * w / (height * width)),
                        box=box.expand(b, 4).clone())
         return images, targets
 
@@ -198,11 +204,11 @@ def build_label_mix(data_cfg, generator: torch.Generator | None = None) -> Label
     if mix != "cutmix":
         raise ContextSegError(f"data.mix={mix!r} needs label maps; image classification takes data.mix=cutmix or none")
     kwargs = dict(data_cfg.mix_kwargs or {})
-    unknown = sorted(set(kwargs) - {"alpha"})
+    unknown = sorted(set(kwargs) - {"alpha", "box"})
     if unknown:
         raise ContextSegError(f"cutmix for classification has no argument(s) {unknown} (data.mix_kwargs); it takes "
-                              f"alpha")
-    return LabelCutMix(data_cfg.mix_prob, kwargs.get("alpha", 1.0), generator)
+                              f"alpha, box")
+    return LabelCutMix(data_cfg.mix_prob, kwargs.get("alpha", 1.0), generator, kwargs.get("box", "reference"))
 
 
 def write_image_folder(root: str | os.PathLike, classes: Sequence[str] = ("disc", "square", "bar"), per_class: int = 10,

@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ContextSegError
 from ..models.fuse import fuse_conv_bn
+from ..models.resize import DEFAULT_ALIGN_CORNERS, align_corners_of, resize
 from ..onnx_graph import DeployModel, export_graph, require
 from .hardware import backends_available, cpu_flags, cpu_model, isa_ceiling, native_bf16
 from .runtime import resolve_amp
@@ -94,17 +94,17 @@ class InferenceModel(nn.Module):
         return f"InferenceModel(backend={self.backend!r}{', ' + self.note if self.note else ''})"
 
 
-def at_input_size(logits: torch.Tensor, size) -> torch.Tensor:
-    """float32 logits bilinearly resized to ``size`` (H, W), as prediction does (unchanged when already there)."""
-    logits = logits.float()
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+def at_input_size(logits: torch.Tensor, size, align_corners: bool = DEFAULT_ALIGN_CORNERS) -> torch.Tensor:
+    """float32 logits bilinearly resized to ``size`` (H, W), as prediction does (unchanged when already there); pass
+    the model's ``align_corners`` (``align_corners_of(model)``)."""
+    return resize(logits.float(), size, align_corners)
 
 
 def _eager(model: nn.Module):
+    ac = align_corners_of(model)
+
     def run(x):
-        return at_input_size(model(x)["out"], x.shape[-2:])
+        return at_input_size(model(x)["out"], x.shape[-2:], ac)
     return run
 
 
@@ -115,25 +115,25 @@ def _folded(model: nn.Module) -> nn.Module:
 
 
 def _torch(model: nn.Module, example: torch.Tensor, amp: str = "none"):
-    fused = _folded(model)
+    fused, ac = _folded(model), align_corners_of(model)
 
     def run(x):
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
-            return at_input_size(fused(x)["out"], x.shape[-2:])
+            return at_input_size(fused(x)["out"], x.shape[-2:], ac)
     return run
 
 
 def _compile(model: nn.Module, example: torch.Tensor):
     import torch._inductor.config as inductor_config
 
-    fused = _folded(model)
+    fused, ac = _folded(model), align_corners_of(model)
     compiled = torch.compile(fused, dynamic=False)
 
     def run(x):
         x = x.contiguous(memory_format=torch.channels_last)
         with inductor_config.patch(freezing=True):  # weights as constants: prepacked oneDNN convolutions
-            return at_input_size(compiled(x)["out"], x.shape[-2:])
+            return at_input_size(compiled(x)["out"], x.shape[-2:], ac)
     run(example)  # compiles now, not at the first image
     return run
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ContextSegError
+from ..models.resize import LEGACY_ALIGN_CORNERS
 from ..onnx_graph import OnnxModel
 
 FORMAT = "contextseg-checkpoint-v1"
@@ -94,6 +95,15 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict, source: str = "
     model.load_state_dict(state)
 
 
+def model_args(ckpt: dict) -> dict:
+    """The ``create_model`` arguments a checkpoint was saved with ({} when it has none). Checkpoints written before
+    ``align_corners`` was a model setting were trained with False: they get it, so they predict as they were trained."""
+    args = dict(ckpt.get("model_args") or {})
+    if args:
+        args.setdefault("align_corners", LEGACY_ALIGN_CORNERS)
+    return args
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild a model from a contextseg checkpoint alone and load its weights (eval mode). An ``.onnx`` file
     (``contextseg export``) gives an ``OnnxModel``: onnxruntime behind the same contract, on the CPU."""
@@ -106,7 +116,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     if "model_args" not in ckpt:
         raise ContextSegError(f"checkpoint {str(path)!r} has no 'model_args'; build the model with "
                               f"create_model(...) and load ckpt['model'] into it")
-    model = create_model(**ckpt["model_args"])
+    model = create_model(**model_args(ckpt))
     load_state_dict_checked(model, ckpt["model"], source=f"checkpoint {str(path)!r}")
     model.classes = ckpt.get("classes")
     model.palette = ckpt.get("palette")

@@ -22,7 +22,7 @@ from ..config import Config
 from ..data import build_dataset, build_label_mix, classification_train_transform, eval_transform, read_image
 from ..errors import ContextSegError
 from ..registry import CLASSIFIERS, DATASETS
-from ..saol_loss import build_classification_loss
+from ..saol_loss import WithSourceLogits, build_classification_loss
 from ..visualize import heatmap
 from . import distributed as dist_utils
 from .runtime import autocast, seed_everything, select_device
@@ -127,8 +127,11 @@ def train_classification(cfg: Config, resume=None, progress: bool = True, stop_a
                                            cfg.train.channels_last, progress, distributed=world > 1)
 
     meta = {"classes": list(train_set.classes), "palette": [tuple(c) for c in train_set.palette]}
+    mix = build_label_mix(cfg.data)
+    if mix is not None and loss.needs_source_logits:  # L_ss2's targets: the unmixed source images' spatial logits
+        mix = WithSourceLogits(mix, model)
     trainer = Trainer(cfg, model, loss, train_set, evaluate_fn, meta=meta, progress=progress,
-                      batch_transform=build_label_mix(cfg.data), key_metric=KEY_METRIC)
+                      batch_transform=mix, key_metric=KEY_METRIC)
     summary = trainer.fit(resume=resume, stop_at=stop_at)
     if rank == 0 and summary.get("final"):
         print(format_classification(summary["final"]))

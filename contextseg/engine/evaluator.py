@@ -5,15 +5,17 @@ import torch
 from tqdm import tqdm
 
 from ..metrics import SegMetric
+from ..models.resize import align_corners_of, resize
 from .runtime import autocast
 
 
 def eval_batches(model, loader, device: torch.device | str = "cpu", amp: str = "none", channels_last: bool = False,
                  progress: bool = True, desc: str = "eval"):
-    """Yield (logits, labels): ``model(x)["out"]`` as float32 (on ``device``) for each (image, label) batch of
-    ``loader``, in eval mode without gradients; the model's train/eval mode is restored when the loop ends or
+    """Yield (logits, labels): ``model(x)["out"]`` as float32 (on ``device``) resized to the labels' size with the
+    model's ``align_corners``, for each (image, label) batch of ``loader``, in eval mode without gradients; the model's train/eval mode is restored when the loop ends or
     stops early (the segmentation and the saliency evaluation share this loop)."""
     device = torch.device(device)
+    align_corners = align_corners_of(model)
     was_training = model.training
     model.eval()
     try:
@@ -23,7 +25,7 @@ def eval_batches(model, loader, device: torch.device | str = "cpu", amp: str = "
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.no_grad(), autocast(device, amp):
                 logits = model(images)["out"]
-            yield logits.float(), labels
+            yield resize(logits.float(), labels.shape[-2:], align_corners), labels
     finally:
         model.train(was_training)
 

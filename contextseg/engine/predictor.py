@@ -5,13 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..data import eval_transform, read_image
 from ..errors import ContextSegError
 from ..models.ensemble import Ensemble
 from ..models.multiscale import LEARNED_MERGES, MultiScale, configure_inference
+from ..models.resize import align_corners_of, resize
 from ..visualize import colorize, default_palette, heatmap, overlay
 from .backends import CHOICES, prepare
 from .checkpoint import load_model
@@ -113,15 +113,15 @@ class Predictor:
         model, amp = self.runner(x)
         with autocast(self.device, amp):
             out = model(x)
-        size = image.shape[:2]
-        logits = F.interpolate(out["out"].float(), size=size, mode="bilinear", align_corners=False)
+        size, ac = image.shape[:2], align_corners_of(self.model)
+        logits = resize(out["out"].float(), size, ac)
         if logits.shape[1] == 1:  # a saliency model: one logit, probabilities of (background, salient)
             p = torch.sigmoid(logits)
             result = {"probs": torch.cat([1 - p, p], dim=1)[0].cpu()}
         else:
             result = {"probs": logits.softmax(1)[0].cpu()}
         if "scale_weights" in out:
-            weights = F.interpolate(out["scale_weights"].float(), size=size, mode="bilinear", align_corners=False)
+            weights = resize(out["scale_weights"].float(), size, ac)
             result["scale_weights"] = weights[0].cpu()
         return result
 

@@ -1,19 +1,28 @@
 """Stage-2 pseudo labels from a stage-1 SSNet (Zeng et al. ICCV 2019, Sec. 3 / Fig. 2: "the network is trained with
 predicted segmentation results by the model trained in the first stage"; official ``syn_stage1.py``).
 
-Per training image, with P (C + 1, H, W) the softmax of the logits upsampled (bilinear) to the image, v (C,) the SAM
-scores and y (C,) the image-level labels:
+Per training image, with z (C + 1, H, W) the logits upsampled (bilinear) to the image, v (C,) the SAM scores and
+y (C,) the image-level labels:
 
-    1. restrict: P~ = P over {background} + {c : y_c = 1}, renormalised        (official: absent class logits zeroed)
-    2. c* = argmax P~,  label = c* where max P~ >= min_prob, else 255 (unsure)
-    3. optional, ``bg_threshold`` t: S~ = sum_c v_c P~_c; label = background where S~ < t, and 255 where c* is
+    1. keep background + the labelled classes (``rule``):
+       "official" (default; ``syn_stage1.py``: ``batch_seg[:, 1:] *= gt_cls[:, 1:]``, then ``softmax`` and
+                  ``max(1)`` of the same logits): z~_c = z_c y_c, absent classes get logit 0, not -inf, so they stay
+                  in the softmax and one of them wins wherever every kept logit is negative (an absent class can be a
+                  pseudo label);
+       "restrict" (ours): absent classes removed, z~_c = -inf, i.e. P restricted to the kept classes and
+                  renormalised; only labelled classes (or background) are ever chosen.
+       P~ = softmax(z~)
+    2. c* = argmax z~,  label = c* where max P~ >= min_prob, else 255 (unsure)
+    3. optional, ``bg_threshold`` t: S~ = sum_{c >= 1} v_c P~_c; label = background where S~ < t, and 255 where c* is
        background but S~ >= t (segmentation and saliency disagree)
     4. channels -> dataset classes: background becomes the dataset's background class, or 255 when it has none
        (CamVid), so stage 2 never learns a class that the evaluation does not know.
 
-Steps 1-2 follow the official code (which then runs a dense CRF and averages ten augmented copies; neither is here);
-the confidence threshold and the saliency rule of step 3 are our additions, both configurable (``min_prob=0``,
-``bg_threshold=None`` gives the official rule without CRF). The written PNGs hold dataset class indices and 255.
+The official code then runs a dense CRF (5 mean-field iterations on the softmax P~, pydensecrf) and trains stage 2 on
+its arg max; its later version labels ten random augmentations of each image (crop 0.9, flip, rotation up to 10
+degrees), each kept as its own stage-2 training sample. Neither is here. The confidence threshold (``min_prob``) and
+the saliency rule of step 3 are our additions; ``rule="official", min_prob=0, bg_threshold=None`` (the defaults) is
+the official rule without CRF. The written PNGs hold dataset class indices and 255.
 
 The true label maps are read only after each pseudo label is made, for the report: mIoU counting unlabelled (255)
 pixels as misses (``mIoU``), mIoU over the labelled pixels only (``mIoU_labelled``), and ``coverage``.
@@ -25,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -34,26 +42,33 @@ from ..data import eval_transform
 from ..data.weak import IGNORE, WeakImages, WeakSpec, image_keys, image_labels_for, label_map_of
 from ..errors import ContextSegError
 from ..metrics import format_table, metrics_from_confusion
+from ..models.resize import align_corners_of, resize
 from .runtime import autocast, select_device
 from .weak import check_config, load_ssnet
 
 
-def pseudo_label(probs: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | None = None,
-                 min_prob: float = 0.5, bg_threshold: float | None = None) -> torch.Tensor:
-    """(C + 1, H, W) probabilities (channel 0 background), (C,) image labels {0, 1}, (C,) SAM scores -> (H, W) int64
+RULES = ("official", "restrict")
+
+
+def pseudo_label(logits: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | None = None,
+                 min_prob: float = 0.0, bg_threshold: float | None = None, rule: str = "official") -> torch.Tensor:
+    """(C + 1, H, W) logits (channel 0 background), (C,) image labels {0, 1}, (C,) SAM scores -> (H, W) int64
     channel indices, 255 where unsure (the rule in the module docstring)."""
-    if probs.dim() != 3 or probs.shape[0] != labels.numel() + 1:
-        raise ContextSegError(f"pseudo_label takes (C + 1, H, W) probabilities for C = {labels.numel()} image labels, "
-                              f"got {tuple(probs.shape)}")
-    allowed = torch.cat([labels.new_ones(1), labels.flatten()]).bool().to(probs.device)
-    restricted = probs.float() * allowed[:, None, None]
-    restricted = restricted / restricted.sum(0, keepdim=True).clamp_min(1e-12)
-    conf, best = restricted.max(0)
+    if logits.dim() != 3 or logits.shape[0] != labels.numel() + 1:
+        raise ContextSegError(f"pseudo_label takes (C + 1, H, W) logits for C = {labels.numel()} image labels, "
+                              f"got {tuple(logits.shape)}")
+    if rule not in RULES:
+        raise ContextSegError(f"pseudo-label rule must be one of {RULES}, got {rule!r}")
+    keep = torch.cat([labels.new_ones(1), labels.flatten()]).bool().to(logits.device)[:, None, None]
+    absent = 0.0 if rule == "official" else float("-inf")
+    z = torch.where(keep, logits.float(), torch.full_like(logits, absent, dtype=torch.float32))
+    probs = z.softmax(0)
+    conf, best = probs.max(0)  # softmax is monotonic: the arg max of z~
     out = torch.where(conf >= min_prob, best, torch.full_like(best, IGNORE))
     if bg_threshold is not None:
         if scores is None:
             raise ContextSegError("bg_threshold needs the SAM scores (the saliency map decides background)")
-        saliency = (restricted[1:] * scores.float().to(probs.device)[:, None, None]).sum(0)
+        saliency = (probs[1:] * scores.float().to(logits.device)[:, None, None]).sum(0)
         out[(best == 0) & (saliency >= bg_threshold)] = IGNORE
         out[saliency < bg_threshold] = 0
     return out
@@ -90,14 +105,18 @@ def report_from_confusion(matrix: np.ndarray, classes) -> dict:
 
 
 @torch.no_grad()
-def write_pseudo_labels(cfg: Config, checkpoint, out_dir, split: str | None = None, min_prob: float = 0.5,
-                        bg_threshold: float | None = None, progress: bool = True, report: bool = True) -> dict:
+def write_pseudo_labels(cfg: Config, checkpoint, out_dir, split: str | None = None, min_prob: float = 0.0,
+                        bg_threshold: float | None = None, progress: bool = True, report: bool = True,
+                        rule: str = "official") -> dict:
     """Write OUT/STEM.png for every image of the segmentation set's ``split`` (default data.train_split) from the
     stage-1 ``checkpoint``, and OUT/pseudo_labels.json (settings and, with ``report``, the metrics against the true
-    labels). Returns that JSON's content."""
+    labels). ``rule`` / ``min_prob`` / ``bg_threshold``: see the module docstring (defaults: the official rule, no
+    threshold, no saliency rule). Returns that JSON's content."""
     check_config(cfg, True)
     if not 0.0 <= min_prob <= 1.0 or (bg_threshold is not None and not 0.0 <= bg_threshold <= 1.0):
         raise ContextSegError("min_prob and bg_threshold are probabilities in [0, 1]")
+    if rule not in RULES:
+        raise ContextSegError(f"pseudo-label rule must be one of {RULES}, got {rule!r}")
     spec = WeakSpec.parse(cfg.data.kwargs)
     split = split or cfg.data.train_split
     seg = spec.segmentation_set(split)
@@ -115,13 +134,13 @@ def write_pseudo_labels(cfg: Config, checkpoint, out_dir, split: str | None = No
         x, target = images[i]
         with autocast(device, cfg.train.amp):
             out = model(x[None].to(device))
-        logits = F.interpolate(out["out"].float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
-        channels = pseudo_label(logits.softmax(0), target["labels"], out["saliency_scores"][0], min_prob, bg_threshold)
+        logits = resize(out["out"].float(), x.shape[-2:], align_corners_of(model))[0]
+        channels = pseudo_label(logits, target["labels"], out["saliency_scores"][0], min_prob, bg_threshold, rule)
         pred = channels_to_classes(channels.cpu().numpy(), layout.channel_to_class)
         Image.fromarray(pred).save(out_dir / f"{keys[i]}.png")
         if report:  # the true labels, read after the pseudo label is written: evaluation only
             matrix += confusion_with_unlabelled(pred, np.asarray(label_map_of(seg, i)), k)
-    result = {"checkpoint": str(checkpoint), "split": split, "images": len(images), "min_prob": min_prob,
+    result = {"checkpoint": str(checkpoint), "split": split, "images": len(images), "rule": rule, "min_prob": min_prob,
               "bg_threshold": bg_threshold, "classes": list(seg.classes)}
     if report:
         result.update(report_from_confusion(matrix, seg.classes))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import ContextSegError
+from ..models.resize import DEFAULT_ALIGN_CORNERS, resize
 from ..sod_metrics import SODMetrics
 from .evaluator import eval_batches
 
@@ -19,9 +19,10 @@ KEY_METRIC = "max_f"
 SALIENCY_LOSSES = ("edge_hold",)
 
 
-def saliency_maps(logits: torch.Tensor, size) -> np.ndarray:
-    """(B, 1, h, w) logits -> (B, H, W) uint8 saliency maps (sigmoid, bilinear resize, x255 rounded)."""
-    prob = torch.sigmoid(F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False))
+def saliency_maps(logits: torch.Tensor, size, align_corners: bool = DEFAULT_ALIGN_CORNERS) -> np.ndarray:
+    """(B, 1, h, w) logits -> (B, H, W) uint8 saliency maps (sigmoid, bilinear resize with the model's
+    ``align_corners``, x255 rounded)."""
+    prob = torch.sigmoid(resize(logits.float(), size, align_corners))
     return (prob[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
 
 

@@ -20,7 +20,7 @@ from ..models.multiscale import configure_inference, inference_spec
 from . import distributed as dist_utils
 from . import classification, saliency, weak
 from .backends import default_backend, prepare
-from .checkpoint import load_checkpoint, load_model, load_state_dict_checked
+from .checkpoint import load_checkpoint, load_model, load_state_dict_checked, model_args
 from .evaluator import evaluate
 from .runtime import ShardSampler, loader_workers, seed_everything, select_device
 from .trainer import Trainer
@@ -140,7 +140,7 @@ def _load_for_eval(cfg: Config, checkpoint: str, val_set):
     if ckpt is None:
         model = load_model(checkpoint)  # an OnnxModel: its weights are in the graph
     else:
-        args = ckpt.get("model_args") or {}
+        args = model_args(ckpt)
         model = create_model(**args) if args else build_model_for(cfg, expected)
     if model.num_classes != expected:
         raise ContextSegError(f"checkpoint {checkpoint!r} predicts {model.num_classes} classes but dataset "

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ..config import Config, save_config
 from ..errors import ContextSegError
+from ..models.resize import align_corners_of, set_align_corners
 from ..visualize import plot_curves
 from . import distributed as dist_utils
 from .diagnostics import snapshot_params, update_stats
@@ -78,7 +79,8 @@ class Trainer:
         self.eager_train_model = self.train_model
         if getattr(t, "compile", False):  # compiled on the first step; checkpoints keep using self.model
             self.train_model = torch.compile(self.train_model)
-        self.loss_fn = loss_fn.to(self.device)
+        # losses resize logits to the labels as the model resizes inside (models/resize.py)
+        self.loss_fn = set_align_corners(loss_fn, align_corners_of(model)).to(self.device)
         self.train_set = train_set
         self.evaluate_fn = evaluate_fn
         self.meta = meta or {}

@@ -2,9 +2,12 @@
 
 ``contextseg train`` / ``eval`` take this path for ``data.dataset=weak_saliency`` (model.arch "ssnet", loss.name
 "ssnet"). Stage 1: every step one batch of segmentation images with image-level labels and one of saliency images
-with masks, in one forward pass (data/weak.py), loss = w_cls L_cls + w_sal L_sal (ssnet_loss.py). Stage 2 (the paper's
-SSNet-2): the same with ``data.kwargs.pseudo_labels`` (folder written by engine/pseudo_labels.py) and the weight
-``seg`` for the pseudo-label CE; or any segmentation model on dataset "pseudo_labels" through the ordinary path.
+with masks, in one forward pass (data/weak.py), loss = w_cls L_cls + w_sal L_sal (ssnet_loss.py;
+``loss.kwargs.saliency``: nll | bce). Stage 2 (the paper's SSNet-2): the same with ``data.kwargs.pseudo_labels``
+(folder written by engine/pseudo_labels.py) and the weight ``seg`` for the pseudo-label CE, the classification BCE
+kept (weight ``cls``, 1 as the official ``self_seg_full_sal_train.py``), the ASPP-L segmentation head and an FC
+classifier (``model.kwargs={seg_head: aspp_l, cls_head: fc}``); or any segmentation model on dataset "pseudo_labels"
+through the ordinary path.
 
 Evaluation: segmentation metrics (mIoU, ...) of the C class channels on the segmentation set's val split (its true
 labels; the background channel is not a dataset class unless ``background_class`` names one), and the SOD metrics of
@@ -18,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
@@ -26,6 +28,7 @@ from ..data import eval_transform, train_transform
 from ..data.weak import ClassLayout, JointWeakSaliency, WeakImages, WeakSpec, image_labels_for, save_image_labels, unpair
 from ..errors import ContextSegError
 from ..metrics import format_table
+from ..models.resize import align_corners_of
 from ..registry import DATASETS
 from ..sod_metrics import SODMetrics
 from ..ssnet_loss import SSNetLoss
@@ -71,6 +74,7 @@ class SaliencyMap(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.align_corners = align_corners_of(model)
         self.train(model.training)
 
     def forward(self, x):
@@ -83,7 +87,7 @@ def evaluate_saliency_map(model, loader, device="cpu", amp: str = "none", channe
     """SOD metrics (sod_metrics.py) of S resized (bilinear) to each mask, quantised to 0..255."""
     metrics = SODMetrics()
     for sal, labels in eval_batches(SaliencyMap(model), loader, device, amp, channels_last, progress, "eval saliency"):
-        sal = F.interpolate(sal, size=labels.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+        sal = sal.clamp(0, 1)  # eval_batches resized it to the mask
         maps = (sal[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
         for pred, label in zip(maps, labels.numpy()):
             metrics.update(pred, np.where(label == 1, 255, 0).astype(np.uint8))
@@ -155,7 +159,10 @@ def train_weak(cfg: Config, resume=None, progress: bool = True, stop_at: int | N
     weak = WeakImages(seg_train, labels, layout, tf, spec.pseudo_labels)
     train_set = JointWeakSaliency(weak, spec.saliency_set("train", tf))
     model = build_model_for(cfg, layout.num_foreground)
-    loss = SSNetLoss(cfg.loss.weights)
+    unknown = sorted(set(cfg.loss.kwargs) - {"saliency"})
+    if unknown:
+        raise ContextSegError(f"loss.kwargs {unknown} are not options of loss 'ssnet'; it takes saliency: nll | bce")
+    loss = SSNetLoss(cfg.loss.weights, saliency=cfg.loss.kwargs.get("saliency", "nll"))
     if loss.weights["seg"] and spec.pseudo_labels is None and rank == 0:
         print("note: loss weight seg is set but data.kwargs.pseudo_labels is not: stage 1 trains without it")
     device = dist_utils.device_for(cfg.device)

@@ -16,11 +16,12 @@ from . import backbones, heads  # noqa: F401  (importing them registers the buil
 from .fuse import fuse_conv_bn
 from .heads.aux import AuxFCNHead
 from .multiscale import MultiScale, sliding_window_inference
+from .resize import DEFAULT_ALIGN_CORNERS, align_corners_of, set_align_corners
 from .segmentor import Segmentor
 
 __all__ = [
     "create_model", "list_models", "list_backbones", "Segmentor", "fuse_conv_bn", "MultiScale",
-    "sliding_window_inference",
+    "sliding_window_inference", "align_corners_of", "set_align_corners",
 ]
 
 
@@ -42,6 +43,7 @@ def create_model(
     in_channels: int = 3,
     multiscale: dict | None = None,
     aux: bool | dict | None = None,
+    align_corners: bool = DEFAULT_ALIGN_CORNERS,
     **kwargs,
 ) -> Segmentor | MultiScale:
     """Build ``arch`` (e.g. "fcn", "ocr", "psp") on ``backbone`` (e.g. "hrnetv2_w48", "resnet101").
@@ -61,6 +63,11 @@ def create_model(
     in training (deep supervision, loss weight ``loss.weights.aux``): True puts it on the backbone's c4 (ResNet), a
     dict gives its options (``in_index``, ``channels``, ``dropout``). None (default) follows the paper: on for "psp"
     on a ResNet (PSPNet, Sec. 3.4), off otherwise. OCR has its own "aux" output (the soft object regions).
+
+    ``align_corners`` (default True, as the official code of HRNet-OCR and of the heads it is compared with; see
+    ``models/resize.py`` and docs/fidelity.md) is how every bilinear resize inside the model, in its losses, metrics
+    and predictions aligns the grids; it is part of the model (a model trained one way and run the other way gives
+    other outputs) and recorded in ``init_args`` and checkpoints.
 
     ``model.init_args`` records every argument in this flat form, so ``create_model(**model.init_args)`` rebuilds
     the same model (same parameter names and shapes; weights are initialised afresh).
@@ -97,8 +104,9 @@ def create_model(
         ) from None
     body = build_backbone(in_channels=in_channels, **backbone_kwargs)
     head = build_head(body, num_classes, **head_kwargs)
-    model = Segmentor(body, head, _aux_head(aux, arch, backbone, body, num_classes))
-    model.init_args = dict(arch=arch, backbone=backbone, num_classes=num_classes, in_channels=in_channels, **kwargs)
+    model = set_align_corners(Segmentor(body, head, _aux_head(aux, arch, backbone, body, num_classes)), align_corners)
+    model.init_args = dict(arch=arch, backbone=backbone, num_classes=num_classes, in_channels=in_channels,
+                           align_corners=bool(align_corners), **kwargs)
     if aux is not None:
         model.init_args["aux"] = aux
     if multiscale is None:

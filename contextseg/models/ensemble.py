@@ -14,9 +14,9 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import ContextSegError
+from .resize import align_corners_of, resize
 
 
 class Ensemble(nn.Module):
@@ -47,9 +47,7 @@ class Ensemble(nn.Module):
         size = x.shape[-2:]
         probs = None
         for model in self.members:
-            logits = model(x)["out"].float()
-            if logits.shape[-2:] != size:
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            logits = resize(model(x)["out"].float(), size, align_corners_of(model))
             p = logits.softmax(1)
             probs = p if probs is None else probs + p
         probs = probs / len(self.members)

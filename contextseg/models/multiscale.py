@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import ContextSegError
 from .attention import upcast
+from .resize import DEFAULT_ALIGN_CORNERS, align_corners_of, resize
 
 MERGES = ("avg", "max", "attention", "hierarchical")
 LEARNED_MERGES = ("attention", "hierarchical")
@@ -41,18 +42,15 @@ def scale_key(scale: float) -> str:
 
 
 def resize_image(x: Tensor, scale: float) -> Tensor:
-    """(B, C, H, W) -> (B, C, round(H * s), round(W * s)), bilinear, align_corners=False (identity at s = 1)."""
+    """(B, C, H, W) -> (B, C, round(H * s), round(W * s)), bilinear, align_corners=False (identity at s = 1).
+
+    The image is resampled with half-pixel centres whatever the model's setting, as the official HRNet-OCR test
+    (``cv2.resize`` of the image; its logits are then resized with ``MODEL.ALIGN_CORNERS``)."""
     if scale == 1.0:
         return x
     h, w = x.shape[-2:]
     size = (max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)))
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -81,6 +79,7 @@ def sliding_window_inference(
     num_classes: int,
     window: Sequence[int],
     stride: Sequence[int] | None = None,
+    align_corners: bool | None = None,
 ) -> Tensor:
     """Logits of an image larger than the model's training crop, from overlapping windows.
 
@@ -91,8 +90,11 @@ def sliding_window_inference(
     (a tensor, or a dict's "out") is resized to the window (bilinear) and added into a sum map; every pixel's sum is
     divided by the number of windows that covered it (overlap averaging). An image smaller than the window is padded
     at the bottom and right with zeros (the mean colour once normalised) and the padding is cropped off the result.
-    ``num_classes`` is the channel count of ``model_fn``'s output.
+    ``num_classes`` is the channel count of ``model_fn``'s output. The resize uses ``align_corners`` (default: the
+    model's setting when ``model_fn`` is a contextseg model, else True).
     """
+    if align_corners is None:
+        align_corners = align_corners_of(model_fn, DEFAULT_ALIGN_CORNERS)
     wh, ww = _pair(window, "window")
     sh, sw = _pair(stride if stride is not None else (wh, ww), "stride")
     if sh > wh or sw > ww:
@@ -112,7 +114,7 @@ def sliding_window_inference(
             if out.shape[1] != num_classes:
                 raise ContextSegError(f"sliding window: the model returned {out.shape[1]} channels, expected "
                                       f"num_classes={num_classes}")
-            total[..., y:y + wh, x:x + ww] += _resize(out.float(), (wh, ww))
+            total[..., y:y + wh, x:x + ww] += resize(out.float(), (wh, ww), align_corners)
             count[..., y:y + wh, x:x + ww] += 1
     return (total / count)[..., :h, :w]
 
@@ -122,9 +124,16 @@ class ScaleAttention(nn.Module):
 
         h = conv1x1(dropout(ReLU(conv3x3([feat_1, ..., feat_S]))))     conv3x3: S*C -> channels, conv1x1: -> S
 
-    The paper's attention model is two layers, 3x3 with 512 filters and 1x1 with S filters, on DeepLab's fc7
-    features. It sees the features of all scales at once (concatenated after resizing to one size), so the weight
-    of one scale can depend on what the others see. Parameters: 9*S*C*ch + ch + ch*S + S.
+    The paper's attention model (Sec. 3.2) is two layers, 3x3 with 512 filters and 1x1 with S filters, on
+    DeepLab's fc7 features. It sees the features of all scales at once (concatenated after resizing to one size),
+    so the weight of one scale can depend on what the others see. Parameters: 9*S*C*ch + ch + ch*S + S.
+
+    ``dropout`` 0.5 (after the ReLU, before the 1x1) is what the Caffe definition of this attention model has, as
+    published with LIP's "Attention" baseline (Engineering-Course/LIP_SSL human/config/no-ssl/train.prototxt):
+    att_conv1 (3x3, 512, bias) -> ReLU -> Dropout 0.5 -> att_fc (1x1, S, bias) -> Softmax over scales, on the
+    concatenated fc7 of scales 1, 0.75, 0.5 (DeepLab's fc6/fc7 dropout is 0.5 too). Both convs have biases, no
+    normalisation. NVIDIA's re-implementation of this head (network/attnscale.py, ASDV3P) has no dropout and
+    bias-free convs; dropout=0 gives the former.
     """
 
     def __init__(self, in_channels: int, num_scales: int, channels: int = 512, dropout: float = 0.5):
@@ -144,7 +153,11 @@ class HierarchicalAttention(nn.Module):
 
         alpha = sigmoid(conv1x1(ReLU(BN(conv3x3(ReLU(BN(conv3x3(feat))))))))      C -> ch -> ch -> 1, convs bias-free
 
-    The layout of NVIDIA's ``make_attn_head`` (256 channels, inner 3x3). Parameters: 9*C*ch + 9*ch*ch + ch + 4*ch.
+    The layout of NVIDIA's ``make_attn_head`` (network/utils.py) with its defaults (config.py): SEGATTN_BOT_CH 256
+    channels, MSCALE_INNER_3x3 True (the second 3x3), MSCALE_DROPOUT False (no dropout; 0.5 before the 1x1 when
+    switched on), MSCALE_OLDARCH False; PyTorch's default initialisation (``init_attn``, bias 0.5, is commented
+    out). On MscaleOCR it reads OCR's ``ocr_mid_feats``, the input of the classifier, as ``feat`` here; BN becomes
+    SyncBatchNorm under DDP, as NVIDIA's syncbn. Parameters: 9*C*ch + 9*ch*ch + ch + 4*ch.
     """
 
     def __init__(self, in_channels: int, channels: int = 256):
@@ -186,8 +199,9 @@ class MultiScale(nn.Module):
     Reference size (h, w): the size of the model's own output at scale 1.0 (stride 4 on HRNet, 8 on a dilated
     ResNet), so the wrapper is a drop-in for the model; the input size (H, W) instead when 1.0 is not among the
     scales or when sliding windows are used (windows return input-resolution logits). Each scale's input is the image
-    resized by bilinear interpolation (align_corners=False) to round(s * H) x round(s * W); its logits (and features
-    or attention maps) are resized bilinearly to the reference size before merging.
+    resized by bilinear interpolation (align_corners=False, as the official HRNet-OCR test's cv2.resize) to
+    round(s * H) x round(s * W); its logits (and features or attention maps) are resized bilinearly to the reference
+    size before merging, with the model's align_corners (``models/resize.py``).
 
     In training mode the output holds what a loss needs for the extra supervision both papers use:
 
@@ -259,6 +273,7 @@ class MultiScale(nn.Module):
         if isinstance(model, MultiScale):
             raise ContextSegError("the model is already a MultiScale wrapper; wrap its .model instead")
         self.model = model
+        self.align_corners = align_corners_of(model, DEFAULT_ALIGN_CORNERS)  # resizes of logits, features, alphas
         self.merge = merge
         self.scales = self._check_scales(scales)
         self.num_classes = getattr(model, "num_classes", None)
@@ -355,13 +370,14 @@ class MultiScale(nn.Module):
                 raise ContextSegError("sliding windows need the model's num_classes attribute "
                                       "(contextseg models have it)")
             if not need_feat:
-                return {"out": sliding_window_inference(self.model, x, k, self.window, self.stride)}
+                return {"out": sliding_window_inference(self.model, x, k, self.window, self.stride, self.align_corners)}
 
             def out_and_alpha(crop: Tensor) -> Tensor:  # hierarchical: logits and alpha, windowed together
                 o = self.model(crop, return_feat=True)
-                return torch.cat([o["out"].float(), _resize(self.attention(o["feat"]).float(), o["out"].shape[-2:])], 1)
+                alpha = resize(self.attention(o["feat"]).float(), o["out"].shape[-2:], self.align_corners)
+                return torch.cat([o["out"].float(), alpha], 1)
 
-            both = sliding_window_inference(out_and_alpha, x, k + 1, self.window, self.stride)
+            both = sliding_window_inference(out_and_alpha, x, k + 1, self.window, self.stride, self.align_corners)
             return {"out": both[:, :k], "alpha": both[:, k:]}
         out = dict(self.model(x, return_feat=True) if need_feat else self.model(x))
         if self.merge == "hierarchical" and need_feat:
@@ -376,13 +392,14 @@ class MultiScale(nn.Module):
             size = tuple(levels[self.scales.index(1.0)]["out"].shape[-2:]) if 1.0 in self.scales else (h, w)
         else:
             size = (h, w)
-        logits = [_resize(upcast(level["out"]), size) for level in levels]
+        ac = self.align_corners
+        logits = [resize(upcast(level["out"]), size, ac) for level in levels]
         weights = alphas = None
         if self.merge == "attention":
-            scores = self.attention([_resize(level["feat"], size) for level in levels])
+            scores = self.attention([resize(level["feat"], size, ac) for level in levels])
             weights = torch.softmax(upcast(scores), dim=1)
         elif self.merge == "hierarchical":
-            alphas = [_resize(upcast(level["alpha"]), size) for level in levels[:-1]]
+            alphas = [resize(upcast(level["alpha"]), size, ac) for level in levels[:-1]]
             weights = hierarchical_weights(alphas) if alphas else logits[0].new_ones(logits[0].shape[0], 1, *size)
         result = {"out": self._merge(logits, weights, alphas)}
         if weights is not None:
@@ -390,7 +407,7 @@ class MultiScale(nn.Module):
         if self.training:
             extra = [k for k in levels[0] if k not in ("out", "feat", "alpha") and all(k in lv for lv in levels)]
             for key in extra:  # the model's other logits: OCR's "aux", DANet's "pam" and "cam", an aux head's "aux"
-                result[key] = self._merge([_resize(upcast(lv[key]), size) for lv in levels], weights, alphas)
+                result[key] = self._merge([resize(upcast(lv[key]), size, ac) for lv in levels], weights, alphas)
             for s, p in zip(self.scales, logits):
                 result[scale_key(s)] = p
         return result

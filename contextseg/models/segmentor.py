@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..errors import ContextSegError
+from .resize import DEFAULT_ALIGN_CORNERS
 
 
 class Segmentor(nn.Module):
@@ -14,7 +15,8 @@ class Segmentor(nn.Module):
     prediction, never to the model.
 
     In eval mode only "out" is returned (or the outputs a head lists in ``eval_outputs``: the classification
-    heads of heads/saol.py, whose "out" is (B, K)). Heads that can skip their auxiliary branch check ``self.training``
+    heads of heads/saol.py, whose "out" is (B, K)); ``model(x, return_aux=True)`` keeps "aux" too (OCR's soft object
+    regions, an auxiliary head's logits), e.g. to compare with the official model, which returns both. Heads that can skip their auxiliary branch check ``self.training``
     themselves; OCR always computes its soft object regions, since "out" needs them.
 
     ``model(x, return_feat=True)`` adds "feat": the head's penultimate representation, i.e. the input of the
@@ -30,6 +32,8 @@ class Segmentor(nn.Module):
 
     Attributes:
         num_classes, in_channels: the model's output and input widths.
+        align_corners: how every bilinear resize of the model (and of its losses, metrics and predictions) aligns
+            the grids; ``create_model`` sets it in all submodules (``models/resize.py``).
         init_args: the keyword arguments of ``create_model`` that rebuild this model (set by ``create_model``,
             saved next to the weights in checkpoints).
     """
@@ -42,6 +46,7 @@ class Segmentor(nn.Module):
         self.in_channels: int = backbone.in_channels
         self.num_classes: int = head.num_classes
         self.init_args: dict = {}
+        self.align_corners = DEFAULT_ALIGN_CORNERS
 
     def _feat_module(self) -> nn.Module:
         name = getattr(self.head, "feat_module", None)
@@ -57,27 +62,31 @@ class Segmentor(nn.Module):
         """Width of the "feat" output (the in_channels of the head's ``feat_module``)."""
         return int(self._feat_module().in_channels)
 
-    def forward(self, x: Tensor, return_feat: bool = False) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, return_feat: bool = False, return_aux: bool = False) -> dict[str, Tensor]:
         if not x.is_floating_point():
             raise ContextSegError(
                 f"the model takes a float image batch, got dtype {x.dtype}; convert with x.float() / 255 "
                 f"(and normalize) before calling it"
             )
         if not return_feat:
-            return self._heads(self.backbone(x))
+            return self._heads(self.backbone(x), return_aux)
         seen: list[Tensor] = []
         hook = self._feat_module().register_forward_pre_hook(lambda module, args: seen.append(args[0]))
         try:
-            out = self._heads(self.backbone(x))
+            out = self._heads(self.backbone(x), return_aux)
         finally:
             hook.remove()
         out["feat"] = seen[0]
         return out
 
-    def _heads(self, feats: list[Tensor]) -> dict[str, Tensor]:
+    def _heads(self, feats: list[Tensor], return_aux: bool = False) -> dict[str, Tensor]:
         out = self.head(feats)
         if not self.training:  # a head may keep more outputs in eval mode (SAOL: "gap", "attention", ...)
-            return {k: out[k] for k in getattr(self.head, "eval_outputs", ("out",)) if k in out}
+            keep = tuple(getattr(self.head, "eval_outputs", ("out",))) + (("aux",) if return_aux else ())
+            out = {k: out[k] for k in keep if k in out}
+            if return_aux and self.aux_head is not None:
+                out["aux"] = self.aux_head(feats)
+            return out
         out = dict(out)
         if self.aux_head is not None:
             if "aux" in out:

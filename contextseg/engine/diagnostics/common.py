@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...models.resize import resize
+
 
 
 CHECKS = ("init", "overfit", "lr", "ratios", "gradcheck", "data")
@@ -95,10 +97,9 @@ def _class_outputs(outputs: dict[str, Tensor], num_classes: int) -> dict[str, Te
     return {k: v for k, v in outputs.items() if v.dim() == 4 and v.shape[1] == num_classes and k != "scale_weights"}
 
 
-def _ce(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
-    if logits.shape[-2:] != labels.shape[-2:]:
-        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+def _ce(logits: Tensor, labels: Tensor, ignore_index: int, align_corners: bool) -> Tensor:
+    """Plain CE of logits resized to the labels with the model's ``align_corners``."""
+    return F.cross_entropy(resize(logits, labels.shape[-2:], align_corners).float(), labels, ignore_index=ignore_index)
 
 
 def _finite(x) -> bool:

@@ -71,7 +71,10 @@ class Doctor:
         if self._loss is None:
             from ...losses import build_loss_for
 
-            self._loss = build_loss_for(self.cfg, self.data()[0], progress=False).to(self.device)
+            from ...models.resize import align_corners_of, set_align_corners
+
+            loss = build_loss_for(self.cfg, self.data()[0], progress=False)
+            self._loss = set_align_corners(loss, align_corners_of(self.model())).to(self.device)
         return self._loss
 
     def batches(self):

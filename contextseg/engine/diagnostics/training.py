@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ContextSegError
+from ...models.resize import align_corners_of, resize
 from .common import (
     FAIL, PASS, WARN, _ce, _class_outputs, _finite, _outputs, _result, _strip_wrappers, group_name,
     snapshot_params, update_stats,
@@ -40,6 +41,7 @@ def check_init_loss(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], 
     counts = torch.zeros(num_classes, dtype=torch.float64)
     mean_prob = torch.zeros(num_classes, dtype=torch.float64)
     logit_sq = logit_n = 0.0
+    ac = align_corners_of(model)
     for images, labels in batches:
         images, labels = images.to(device), labels.to(device)
         valid = labels != ignore_index
@@ -48,9 +50,9 @@ def check_init_loss(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], 
             continue
         outs = _class_outputs(_outputs(model, images), num_classes)
         for k, v in outs.items():
-            sums[k] = sums.get(k, 0.0) + float(_ce(v, labels, ignore_index)) * n
+            sums[k] = sums.get(k, 0.0) + float(_ce(v, labels, ignore_index, ac)) * n
         main = outs["out"].float()
-        up = F.interpolate(main, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        up = resize(main, labels.shape[-2:], ac)
         mean_prob += up.softmax(1).permute(0, 2, 3, 1)[valid].sum(0).double().cpu()
         logit_sq += float((main - main.mean(1, keepdim=True)).pow(2).sum())
         logit_n += main.numel()
@@ -108,7 +110,7 @@ def check_overfit(model: nn.Module, loss_fn: Callable, images: Tensor, labels: T
     for step in tqdm(range(1, steps + 1), desc="overfit", disable=not progress, leave=False, dynamic_ncols=True):
         outputs = _outputs(model, images)
         loss, _ = loss_fn(outputs, labels)
-        ce = float(_ce(outputs["out"].detach(), labels, ignore_index))
+        ce = float(_ce(outputs["out"].detach(), labels, ignore_index, align_corners_of(model)))
         curve.append(ce)
         if not math.isfinite(loss.item()):
             break
@@ -120,7 +122,7 @@ def check_overfit(model: nn.Module, loss_fn: Callable, images: Tensor, labels: T
         opt.step()
     with torch.no_grad():
         logits = _outputs(model, images)["out"].float()
-        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        logits = resize(logits, labels.shape[-2:], align_corners_of(model))
         valid = labels != ignore_index
         accuracy = float((logits.argmax(1) == labels)[valid].float().mean()) if valid.any() else None
     final = curve[-1] if curve else float("nan")

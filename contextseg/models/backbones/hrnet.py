@@ -8,7 +8,8 @@ The network keeps a high-resolution branch through the whole depth (paper Fig. 2
               HighResolutionModules: per branch a few BasicBlocks, then the multi-resolution fusion of
               paper Fig. 3: output i = ReLU(sum_j f_ij(x_j)) with
                   f_ij = identity                              for j == i
-                  f_ij = bilinear-resize(BN(conv1x1(x_j)))     for j > i (lower resolution: upsample)
+                  f_ij = bilinear-resize(BN(conv1x1(x_j)))     for j > i (lower resolution: upsample; align_corners as
+                                                               the model's setting, official: True)
                   f_ij = (i - j) strided 3x3 conv-BN(-ReLU)    for j < i (higher resolution: downsample)
 
 Outputs are the four branches (HRNetV2 keeps all of them), widths (w, 2w, 4w, 8w) for the presets:
@@ -29,14 +30,15 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ContextSegError
 from ...registry import BACKBONES
 from ..attention import SEBlock
-from .init import he_init
+from ..resize import DEFAULT_ALIGN_CORNERS, resize
+from .init import he_init, official_hrnet_init
 
+INITS = {"he": he_init, "official": official_hrnet_init}
 BN_MOMENTUM = 0.1  # official value, PyTorch convention (== nn.BatchNorm2d default)
 
 
@@ -130,6 +132,7 @@ class HighResolutionModule(nn.Module):
                 f"{list(num_blocks)}; give one block count per branch"
             )
         self.num_branches = n
+        self.align_corners = DEFAULT_ALIGN_CORNERS  # the model's setting (models/resize.py)
         self.branches = nn.ModuleList(make_layer(BasicBlock, c, c, b) for c, b in zip(channels, num_blocks))
         self.fuse_layers = nn.ModuleList() if n > 1 else None
         for i in range(0 if n == 1 else (n if multi_scale_output else 1)):
@@ -164,7 +167,7 @@ class HighResolutionModule(nn.Module):
                 if j == i:
                     t = xs[j]
                 elif j > i:
-                    t = F.interpolate(row[j](xs[j]), size=size, mode="bilinear", align_corners=False)
+                    t = resize(row[j](xs[j]), size, self.align_corners)
                 else:
                     t = row[j](xs[j])
                 # the first sum is out of place (y may still be a branch output shared by other rows)
@@ -245,12 +248,13 @@ class HRNet(nn.Module):
         self.out_channels = list(pre)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """He-normal (fan_out) conv weights, BN weight 1 and bias 0: a sound start when training from scratch.
-
-        (The official code draws conv weights from N(0, 0.001) and then loads ImageNet weights over them.)
-        """
-        he_init(self)
+    def reset_parameters(self, init: str = "he") -> None:
+        """"he" (default): He-normal (fan_out) conv weights, BN weight 1 and bias 0, which trains better from scratch
+        (docs/fidelity.md has the numbers); "official": conv weights from N(0, 0.001) as the official code, which
+        then loads ImageNet weights over them."""
+        if init not in INITS:
+            raise ContextSegError(f"unknown HRNet init {init!r}; use one of {', '.join(INITS)}")
+        INITS[init](self)
 
     @staticmethod
     def _make_stage(cfg: StageCfg) -> tuple[nn.Sequential, list[int]]:
@@ -323,16 +327,19 @@ def add_se(net: nn.Module, reduction: int = 16) -> nn.Module:
 
 
 def _register(name: str) -> None:
-    def build(in_channels: int = 3, se: bool = False) -> HRNet:
+    def build(in_channels: int = 3, se: bool = False, init: str = "he") -> HRNet:
         if not isinstance(se, bool):
             raise ContextSegError(f"se must be True or False, got {se!r}")
         net = HRNet(**HRNET_CONFIGS[name], in_channels=in_channels)
+        if init != "he":  # He is drawn in __init__; drawing again would change every seeded model
+            net.reset_parameters(init)
         return add_se(net) if se else net
 
     build.__name__ = name
     build.__doc__ = (
         f"HRNetV2 preset {name!r} (official stage config); returns an HRNet module. "
-        f"se=True adds a squeeze-and-excitation block (r = 16) to every residual unit (see add_se)."
+        f"se=True adds a squeeze-and-excitation block (r = 16) to every residual unit (see add_se); "
+        f"init='official' draws conv weights from N(0, 0.001) as the official code (default 'he')."
     )
     BACKBONES.register(name)(build)
 

@@ -68,7 +68,7 @@ class ASPPHead(nn.Module):
         if self.training:
             check_pooled_batch(x, type(self).__name__)
         branches = [branch(x) for branch in self.aspp]
-        branches.append(F.interpolate(self.image_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False))
+        branches.append(self.image_pool(x).expand(-1, -1, *x.shape[-2:]))  # 1x1 -> (h, w): any bilinear resize is this
         h = self.project(torch.cat(branches, dim=1))
         return {"out": self.cls_head(self.dropout(h))}
 

@@ -5,27 +5,23 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ContextSegError
+from ..resize import DEFAULT_ALIGN_CORNERS, resize
 
 
-def resize_concat(feats: Sequence[Tensor], size: Sequence[int] | None = None) -> Tensor:
+def resize_concat(feats: Sequence[Tensor], size: Sequence[int] | None = None,
+                  align_corners: bool = DEFAULT_ALIGN_CORNERS) -> Tensor:
     """Bilinearly resize every map to ``size`` (default: the first map's size) and concatenate along channels.
 
-    [(B, C_0, H_0, W_0), (B, C_1, H_1, W_1), ...] -> (B, sum C_i, H_0, W_0); align_corners=False, as the HRNetV2
+    [(B, C_0, H_0, W_0), (B, C_1, H_1, W_1), ...] -> (B, sum C_i, H_0, W_0), as the HRNetV2
     representation head (Wang et al. 2019, Sec. 3, "HRNetV2": rescale low-resolution maps to the high resolution
-    with bilinear upsampling and concatenate).
+    with bilinear upsampling and concatenate; the official code with align_corners=True).
     """
     if size is None:
         size = feats[0].shape[-2:]
-    size = tuple(size)
-    maps = [
-        f if tuple(f.shape[-2:]) == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-        for f in feats
-    ]
-    return torch.cat(maps, dim=1)
+    return torch.cat([resize(f, size, align_corners) for f in feats], dim=1)
 
 
 def check_feats(feats: Sequence[Tensor], in_channels: Sequence[int], head: str) -> None:
@@ -69,6 +65,7 @@ class FeatureAdapter(nn.Module):
         super().__init__()
         self.in_channels = list(in_channels)
         self.head = head
+        self.align_corners = DEFAULT_ALIGN_CORNERS  # the model's setting (models/resize.py)
         n = len(self.in_channels)
         self.concat = not isinstance(in_index, int)
         index = [in_index] if isinstance(in_index, int) else list(in_index)
@@ -84,7 +81,7 @@ class FeatureAdapter(nn.Module):
         check_feats(feats, self.in_channels, self.head)
         if not self.concat:
             return feats[self.in_index[0]]
-        return resize_concat([feats[i] for i in self.in_index])
+        return resize_concat([feats[i] for i in self.in_index], align_corners=self.align_corners)
 
     def extra_repr(self) -> str:
         return f"in_index={self.in_index}, concat={self.concat}, out_channels={self.out_channels}"

@@ -17,7 +17,7 @@ class HRNetV2Head(nn.Module):
 
     H_0, W_0 is the size of the first (highest-resolution) map: ceil(H/4), ceil(W/4) for an (H, W) image on HRNet.
 
-        z   = concat_i resize(x_i, (H_0, W_0))           (B, sum C_i, H_0, W_0), bilinear, align_corners=False
+        z   = concat_i resize(x_i, (H_0, W_0))           (B, sum C_i, H_0, W_0), bilinear (the model's align_corners)
         h   = ReLU(BN(conv1x1(z) + b))                    (B, sum C_i, H_0, W_0)
         out = conv1x1(h) + b                              (B, K, H_0, W_0)
 

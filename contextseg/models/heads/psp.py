@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...registry import HEADS
+from ..resize import DEFAULT_ALIGN_CORNERS, resize
 from .common import FeatureAdapter, check_pooled_batch, conv_bn_relu, default_in_index, init_classifier
 
 
@@ -20,7 +20,7 @@ class PSPHead(nn.Module):
 
         x     = adapter(feats)                                          (B, C, H, W)
         p_b   = ReLU(BN(conv1x1(AdaptiveAvgPool_b(x))))                 (B, P, b, b)  for b in bins (1, 2, 3, 6)
-        u_b   = bilinear-resize(p_b, (H, W))                            (B, P, H, W), align_corners=False
+        u_b   = bilinear-resize(p_b, (H, W))                            (B, P, H, W), the model's align_corners
         h     = ReLU(BN(conv3x3(concat[x, u_1, u_2, u_3, u_6])))        (B, M, H, W)
         out   = conv1x1(Dropout2d(h)) + b                               (B, K, H, W)
 
@@ -44,6 +44,7 @@ class PSPHead(nn.Module):
     ):
         super().__init__()
         self.num_classes = num_classes
+        self.align_corners = DEFAULT_ALIGN_CORNERS  # the model's setting (models/resize.py)
         self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
         c = self.inputs.out_channels
         p = pool_channels or max(1, c // 4)
@@ -58,9 +59,7 @@ class PSPHead(nn.Module):
         if self.training and 1 in self.bins:
             check_pooled_batch(x, type(self).__name__)
         size = x.shape[-2:]
-        pyramid = [x] + [
-            F.interpolate(branch(x), size=size, mode="bilinear", align_corners=False) for branch in self.psp_modules
-        ]
+        pyramid = [x] + [resize(branch(x), size, self.align_corners) for branch in self.psp_modules]
         h = self.bottleneck(torch.cat(pyramid, dim=1))
         return {"out": self.cls_head(self.dropout(h))}
 

@@ -14,12 +14,10 @@ from torch import Tensor, nn
 from ...errors import ContextSegError
 from ...registry import HEADS
 from ..attention import SEBlock, SpatialAttention
+from ..resize import DEFAULT_ALIGN_CORNERS, resize
 from .common import conv_bn_relu
 
 
-def _resize(x: Tensor, like: Tensor) -> Tensor:
-    return x if x.shape[-2:] == like.shape[-2:] else F.interpolate(x, size=like.shape[-2:], mode="bilinear",
-                                                                   align_corners=False)
 
 
 class CPFE(nn.Module):
@@ -50,7 +48,8 @@ class PFAHead(nn.Module):
         l   = l * SA(h)                                                       SA: SpatialAttention, k = 9
         out = conv3x3(concat[l, h]) + b                                       (B, K, H, W)
 
-    up = bilinear resize to the target map's exact size (align_corners=False; any input size works). The official
+    up = bilinear resize to the target map's exact size (any input size works), with the model's align_corners
+    (default True, as the official Keras ``BilinearUpsampling`` layer). The official
     Keras code adds an L1 activity regulariser on the CA weights; it is not in the paper and not here.
     """
 
@@ -63,6 +62,7 @@ class PFAHead(nn.Module):
             raise ContextSegError(f"PFAHead needs the five VGG-16 taps (conv1_2 ... conv5_3), got a backbone with "
                                   f"{len(in_channels)} outputs; use backbone='vgg16'")
         self.in_channels, self.num_classes = in_channels, num_classes
+        self.align_corners = DEFAULT_ALIGN_CORNERS  # the model's setting (models/resize.py)
         self.c1_conv = conv_bn_relu(in_channels[0], channels, 3, bias=True)
         self.c2_conv = conv_bn_relu(in_channels[1], channels, 3, bias=True)
         self.cpfe = nn.ModuleList(CPFE(c, width) for c in in_channels[2:])
@@ -78,9 +78,10 @@ class PFAHead(nn.Module):
             raise ContextSegError(f"PFAHead got {len(feats)} feature maps; it needs the five VGG-16 taps")
         c1, c2, c3, c4, c5 = feats
         pyramid = [cpfe(f) for cpfe, f in zip(self.cpfe, (c3, c4, c5))]
-        high = torch.cat([pyramid[0]] + [_resize(p, pyramid[0]) for p in pyramid[1:]], dim=1)
-        high = _resize(self.c345_conv(self.channel_attention(high)), c1)
-        low = torch.cat([self.c1_conv(c1), _resize(self.c2_conv(c2), c1)], dim=1)
+        ac, size0, size1 = self.align_corners, pyramid[0].shape[-2:], c1.shape[-2:]
+        high = torch.cat([pyramid[0]] + [resize(p, size0, ac) for p in pyramid[1:]], dim=1)
+        high = resize(self.c345_conv(self.channel_attention(high)), size1, ac)
+        low = torch.cat([self.c1_conv(c1), resize(self.c2_conv(c2), size1, ac)], dim=1)
         low = self.c12_conv(low) * self.spatial_attention(high)
         return {"out": self.fuse(torch.cat([low, high], dim=1))}
 
