@@ -10,7 +10,7 @@ Suites (each experiment = the base config + its overrides + your key=value overr
 
     heads   fcn, psp, aspp, nonlocal, ocr, danet   model.arch=...; on HRNet every head uses all four maps (their
                                                    default in_index); OCR has an auxiliary output ("aux"), DANet
-                                                   two ("pam", "cam", weight 1 each as its paper)
+                                                   two ("pam", "cam", weight 1 each as its code)
     losses  ce, ohem, focal, ce_mfb, ce_cutmix,    loss.name / loss.kwargs / data.mix; copy_paste pastes the classes of
             ce_copy_paste  (+ ohem_cutmix,         --copy-paste-classes (default: CamVid's rare pole 2, sign 6,
             ohem_copy_paste, focal_copy_paste)     pedestrian 9, bicyclist 10)

@@ -91,3 +91,15 @@ def test_ohem_applies_to_the_final_output_only():
 def test_ohem_defaults_are_the_official_configuration():
     criterion = build_loss("ohem").criterion
     assert (criterion.thresh, criterion.min_kept) == (0.9, 131072)
+
+
+def test_hrnet_init_official_is_n0_0001():
+    torch.manual_seed(0)
+    body = create_model("fcn", backbone="hrnetv2_w18_small_v1", num_classes=3, init="official").backbone
+    weights = torch.cat([m.weight.flatten() for m in body.modules() if isinstance(m, torch.nn.Conv2d)])
+    assert abs(float(weights.std()) - 0.001) < 5e-5 and abs(float(weights.mean())) < 5e-5
+    torch.manual_seed(0)
+    he = create_model("fcn", backbone="hrnetv2_w18_small_v1", num_classes=3).backbone
+    assert float(he.conv1.weight.std()) > 0.01  # He: sqrt(2 / fan_out)
+    with pytest.raises(Exception, match="unknown HRNet init"):
+        create_model("fcn", backbone="hrnetv2_w18_small_v1", num_classes=3, init="xavier")

@@ -250,8 +250,8 @@ class HRNet(nn.Module):
 
     def reset_parameters(self, init: str = "he") -> None:
         """"he" (default): He-normal (fan_out) conv weights, BN weight 1 and bias 0, which trains better from scratch
-        (docs/fidelity.md has the numbers); "official": conv weights from N(0, 0.001) as the official code, which
-        then loads ImageNet weights over them."""
+        (synthetic demo, 600 steps, 2 seeds: 80.9 / 81.3 val mIoU vs 70.5 / 70.9; docs/fidelity.md); "official":
+        conv weights from N(0, 0.001) as the official code, which then loads ImageNet weights over them."""
         if init not in INITS:
             raise ContextSegError(f"unknown HRNet init {init!r}; use one of {', '.join(INITS)}")
         INITS[init](self)

@@ -3,7 +3,8 @@ the strides of the last stages replaced by dilation (atrous convolution), as Dee
 Sec. 3.1; "Rethinking Atrous Convolution", Sec. 3.2 and Fig. 3) and PSPNet (Zhao et al. 2017, Sec. 3.3) run it.
 
     stem      7x7 stride-2 conv-BN-ReLU, 64 ch (or ``deep_stem``: three 3x3 conv-BN-ReLU 32, 32, 64, the first
-              strided, as PSPNet and mmsegmentation's ResNetV1c), then 3x3 stride-2 max pool
+              strided, as mmsegmentation's ResNetV1c; PSPNet's own, hszhao/semseg, is 64, 64, 128), then 3x3
+              stride-2 max pool
     layer1    Bottlenecks, 256 ch   -> c2 (B, 256,  H/4,  W/4)
     layer2    Bottlenecks, 512 ch   -> c3 (B, 512,  H/8,  W/8)
     layer3    Bottlenecks, 1024 ch  -> c4 (B, 1024, H/8,  W/8)   OS 8   | H/16 OS 16 and 32
