@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ContextSegError
+from ..models.resize import align_corners_of
 from .backends import EXACT, at_input_size, optimize_for_inference, timed_calls
 from .hardware import native_bf16
 from .runtime import select_device
@@ -75,9 +76,9 @@ def settle_batchnorm(model: nn.Module, x: torch.Tensor, passes: int = 2) -> nn.M
 
 
 def _infer_runner(model: nn.Module, x: torch.Tensor, mode: str, calibration):
-    size = x.shape[-2:]
+    size, ac = x.shape[-2:], align_corners_of(model)
     if mode == "eager":
-        return lambda: at_input_size(model(x)["out"], size)
+        return lambda: at_input_size(model(x)["out"], size, ac)
     if mode in ("eager_cl", "fp16"):
         if mode == "fp16" and x.device.type != "cuda":
             raise ContextSegError("fp16 autocast runs on CUDA only; on the CPU see bf16")
@@ -86,7 +87,7 @@ def _infer_runner(model: nn.Module, x: torch.Tensor, mode: str, calibration):
 
         def run():
             with torch.autocast(x.device.type, dtype=torch.float16, enabled=mode == "fp16"):
-                return at_input_size(fast(xc)["out"], size)
+                return at_input_size(fast(xc)["out"], size, ac)
         return run
     if mode == "bf16" and x.device.type == "cuda":
         if not native_bf16(x.device)[0]:
@@ -95,7 +96,7 @@ def _infer_runner(model: nn.Module, x: torch.Tensor, mode: str, calibration):
 
         def run_bf16():
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return at_input_size(fast(xc)["out"], size)
+                return at_input_size(fast(xc)["out"], size, ac)
         return run_bf16
     if x.device.type != "cpu":
         raise ContextSegError(f"backend {mode} runs on the CPU; bench it with --device cpu")
@@ -207,8 +208,10 @@ def time_train_step(model: nn.Module, x: torch.Tensor, mode: str, repeats: int =
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mode == "bf16_cl"):
             out = forward(x)
-        loss = sum(F.cross_entropy(at_input_size(v, x.shape[-2:]), labels) if v.shape[1] > 1 else
-                   F.binary_cross_entropy_with_logits(at_input_size(v, x.shape[-2:])[:, 0], labels.float().clamp(0, 1))
+        ac = align_corners_of(model)
+        loss = sum(F.cross_entropy(at_input_size(v, x.shape[-2:], ac), labels) if v.shape[1] > 1 else
+                   F.binary_cross_entropy_with_logits(at_input_size(v, x.shape[-2:], ac)[:, 0],
+                                                      labels.float().clamp(0, 1))
                    for k, v in out.items() if v.dim() == 4)
         loss.backward()
         opt.step()
