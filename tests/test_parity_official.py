@@ -103,3 +103,14 @@ def test_hrnet_init_official_is_n0_0001():
     assert float(he.conv1.weight.detach().std()) > 0.01  # He: sqrt(2 / fan_out)
     with pytest.raises(Exception, match="unknown HRNet init"):
         create_model("fcn", backbone="hrnetv2_w18_small_v1", num_classes=3, init="xavier")
+
+
+def test_align_corners_from_a_config():
+    from contextseg.config import load_config
+    from contextseg.engine.segmentation import build_model_for
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "synthetic_ocr.yaml",
+                      ["model.kwargs={mid_channels: 32, key_channels: 16, align_corners: false}"])
+    model = build_model_for(cfg, 6)
+    assert model.align_corners is False and model.backbone.stage2[0].align_corners is False
