@@ -25,7 +25,9 @@ from ..registry import CLASSIFIERS, DATASETS
 from ..saol_loss import WithSourceLogits, build_classification_loss
 from ..visualize import heatmap
 from . import distributed as dist_utils
+from .builders import build_model_for, eval_loader, load_for_eval
 from .runtime import autocast, seed_everything, select_device
+from .trainer import Trainer
 
 KEY_METRIC = "top1"
 
@@ -107,9 +109,6 @@ def format_classification(result: dict) -> str:
 
 def train_classification(cfg: Config, resume=None, progress: bool = True, stop_at: int | None = None) -> dict:
     """Train a classifier as ``cfg`` says (called by engine.segmentation.train, which owns the process group)."""
-    from .segmentation import build_model_for, eval_loader
-    from .trainer import Trainer
-
     check_arch(cfg, True)
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     progress = progress and rank == 0
@@ -141,8 +140,6 @@ def train_classification(cfg: Config, resume=None, progress: bool = True, stop_a
 def evaluate_classification_checkpoint(cfg: Config, checkpoints: list[str], split: str | None = None,
                                        progress: bool = True, out: str | None = None, **inference) -> dict:
     """Top-1 of one classification checkpoint on cfg's validation split (or ``split``); prints one line."""
-    from .segmentation import _load_for_eval, eval_loader
-
     check_arch(cfg, True)
     if len(checkpoints) != 1 or Path(checkpoints[0]).suffix.lower() == ".onnx":
         raise ContextSegError("classification checkpoints are evaluated one at a time, from the .pt file")
@@ -154,7 +151,7 @@ def evaluate_classification_checkpoint(cfg: Config, checkpoints: list[str], spli
     _, val_set = build_datasets(cfg, train=False)
     if val_set is None:
         raise ContextSegError("no split to evaluate: set data.val_split or pass --split")
-    model = _load_for_eval(cfg, checkpoints[0], val_set)
+    model = load_for_eval(cfg, checkpoints[0], val_set)
     device = select_device(cfg.device)
     model.to(device)
     if cfg.train.channels_last:

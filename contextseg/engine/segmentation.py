@@ -5,59 +5,22 @@ import json
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from ..config import Config
-from ..data import build_dataset, eval_transform, train_transform
+from ..data import build_dataset, eval_transform
 from ..errors import ContextSegError
 from ..data.mix import build_batch_mix
 from ..losses import build_loss_for
 from ..metrics import format_table
-from ..models import create_model
 from ..models.ensemble import Ensemble
-from ..models.official import load_official_weights
 from ..models.multiscale import configure_inference, inference_spec
 from . import distributed as dist_utils
 from . import classification, saliency, weak
 from .backends import default_backend, prepare
-from .checkpoint import load_checkpoint, load_model, load_state_dict_checked, model_args
+from .builders import build_datasets, build_model_for, eval_loader, is_saliency, load_for_eval
 from .evaluator import evaluate
-from .runtime import ShardSampler, loader_workers, seed_everything, select_device
+from .runtime import seed_everything, select_device
 from .trainer import Trainer
-
-
-def build_datasets(cfg: Config, train: bool = True):
-    d = cfg.data
-    kwargs = dict(d.kwargs)
-    train_set = None
-    if train:
-        tf = train_transform(crop_size=tuple(d.crop_size), scale_range=tuple(d.scale_range), hflip=0.5 if d.hflip else 0.0,
-                             jitter=d.jitter)
-        train_set = build_dataset(d.dataset, d.train_split, root=d.root, transform=tf, **kwargs)
-    val_set = build_dataset(d.dataset, d.val_split, root=d.root, transform=eval_transform(), **kwargs) if d.val_split else None
-    return train_set, val_set
-
-
-def build_model_for(cfg: Config, num_classes: int):
-    m = cfg.model
-    if m.num_classes is not None and m.num_classes != num_classes:
-        raise ContextSegError(f"model.num_classes={m.num_classes} but dataset {cfg.data.dataset!r} has {num_classes} "
-                              f"classes; remove model.num_classes or set it to {num_classes}")
-    model = create_model(m.arch, backbone=m.backbone, num_classes=num_classes, in_channels=m.in_channels, **m.kwargs)
-    if m.pretrained:
-        if m.pretrained_parts not in ("auto", "backbone"):
-            raise ContextSegError(f"model.pretrained_parts must be 'auto' or 'backbone', got {m.pretrained_parts!r}")
-        parts = load_official_weights(model, m.pretrained, backbone_only=m.pretrained_parts == "backbone")
-        if dist_utils.is_main():
-            print(f"loaded {parts} weights from {m.pretrained}")
-    return model
-
-
-def eval_loader(dataset, cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Whole images in order; in a distributed run each rank loads its shard (indices rank, rank + N, ...)."""
-    sampler = ShardSampler(len(dataset), rank, world_size) if world_size > 1 else None
-    return DataLoader(dataset, batch_size=cfg.data.eval_batch_size, shuffle=False, sampler=sampler,
-                      num_workers=min(loader_workers(cfg.data.num_workers, select_device(cfg.device)), 2))
 
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_at: int | None = None) -> dict:
@@ -129,27 +92,6 @@ def calibration_batches(cfg: Config, count: int = 16) -> list:
     return [images[i][0].unsqueeze(0) for i in range(0, len(images), step)[:count]]
 
 
-def is_saliency(dataset) -> bool:
-    """True for salient-object-detection data (``task = "saliency"``): one-logit models, SOD metrics."""
-    return getattr(dataset, "task", "segmentation") == "saliency"
-
-
-def _load_for_eval(cfg: Config, checkpoint: str, val_set):
-    expected = 1 if is_saliency(val_set) else val_set.num_classes
-    ckpt = None if Path(checkpoint).suffix.lower() == ".onnx" else load_checkpoint(checkpoint)
-    if ckpt is None:
-        model = load_model(checkpoint)  # an OnnxModel: its weights are in the graph
-    else:
-        args = model_args(ckpt)
-        model = create_model(**args) if args else build_model_for(cfg, expected)
-    if model.num_classes != expected:
-        raise ContextSegError(f"checkpoint {checkpoint!r} predicts {model.num_classes} classes but dataset "
-                              f"{cfg.data.dataset!r} needs {expected}; evaluate it on the data it was trained for")
-    if ckpt is not None:
-        load_state_dict_checked(model, ckpt["model"], source=f"checkpoint {checkpoint!r}")
-    return model
-
-
 def evaluate_checkpoint(cfg: Config, checkpoint, split: str | None = None, progress: bool = True,
                         out: str | None = None, scales=None, merge: str | None = None, flip: bool = False,
                         window=None, stride=None, backend: str | None = None) -> dict:
@@ -177,7 +119,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint, split: str | None = None, progr
     if is_saliency(val_set) and len(checkpoints) > 1:
         raise ContextSegError("ensembles average softmax probabilities of segmentation models; evaluate saliency "
                               "checkpoints one at a time")
-    models = [configure_inference(_load_for_eval(cfg, c, val_set), scales=scales, merge=merge, flip=flip,
+    models = [configure_inference(load_for_eval(cfg, c, val_set), scales=scales, merge=merge, flip=flip,
                                   window=window, stride=stride) for c in checkpoints]
     model = models[0] if len(models) == 1 else Ensemble(models, names=checkpoints)
     device = select_device(cfg.device)

@@ -35,7 +35,7 @@ from ..errors import ContextSegError
 from ..models.resize import align_corners_of, set_align_corners
 from ..visualize import plot_curves
 from . import distributed as dist_utils
-from .diagnostics import snapshot_params, update_stats
+from .diagnostics.common import snapshot_params, update_stats
 from .checkpoint import atomic_save, load_checkpoint, load_state_dict_checked, rng_state, set_rng_state
 from .runtime import ResumableSampler, SeededSamples, autocast, loader_workers, precision_choice, worker_init
 from .schedules import PolyLR

@@ -33,8 +33,10 @@ from ..registry import DATASETS
 from ..sod_metrics import SODMetrics
 from ..ssnet_loss import SSNetLoss
 from . import distributed as dist_utils
+from .builders import build_model_for, eval_loader
 from .evaluator import eval_batches, evaluate
 from .runtime import seed_everything, select_device
+from .trainer import Trainer
 
 
 def is_weak_config(cfg: Config) -> bool:
@@ -108,8 +110,6 @@ def _val_sets(cfg: Config, spec: WeakSpec, split: str | None = None):
 def make_evaluator(cfg: Config, seg_val, sal_val, layout: ClassLayout, device, progress: bool, rank: int = 0,
                    world: int = 1):
     """model -> {mIoU, per_class_iou, ..., sal_mae, sal_max_f, ...} on the two validation sets."""
-    from .segmentation import eval_loader
-
     seg_loader = eval_loader(seg_val, cfg, rank, world) if seg_val is not None else None
     sal_loader = eval_loader(sal_val, cfg, rank, world) if sal_val is not None else None
     amp, cl = cfg.train.amp, cfg.train.channels_last
@@ -137,9 +137,6 @@ def format_weak(result: dict) -> str:
 
 def train_weak(cfg: Config, resume=None, progress: bool = True, stop_at: int | None = None) -> dict:
     """Train SSNet as ``cfg`` says (called by engine.segmentation.train, which owns the process group)."""
-    from .segmentation import build_model_for
-    from .trainer import Trainer
-
     check_config(cfg, True)
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     progress = progress and rank == 0

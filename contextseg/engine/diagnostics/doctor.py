@@ -13,6 +13,9 @@ import torch
 from torch import nn
 
 from ...errors import ContextSegError
+from ...losses import build_loss_for
+from ...models.resize import align_corners_of, set_align_corners
+from ..builders import build_datasets, build_model_for
 from ..runtime import precision_choice
 from .common import CHECKS, FAIL, _result, batch_stream, fixed_batch, worst
 from .training import check_init_loss, check_overfit, check_update_ratios, lr_range_test
@@ -54,27 +57,23 @@ class Doctor:
     # lazily built, so that gradcheck runs (and the data check reports) even when the data or model fail to build
     def data(self):
         if self._data is None:
-            from ..segmentation import build_datasets
-
             self._data = build_datasets(self.cfg)
         return self._data
 
-    def model(self) -> nn.Module:
+    def _base_model(self) -> nn.Module:
         if self._model is None:
-            from ..segmentation import build_model_for
-
             torch.manual_seed(self.cfg.seed)
             self._model = build_model_for(self.cfg, self.data()[0].num_classes)
-        return copy.deepcopy(self._model).to(self.device)
+        return self._model
+
+    def model(self) -> nn.Module:
+        """A fresh copy of the model for one check (checks train it)."""
+        return copy.deepcopy(self._base_model()).to(self.device)
 
     def loss(self):
         if self._loss is None:
-            from ...losses import build_loss_for
-
-            from ...models.resize import align_corners_of, set_align_corners
-
             loss = build_loss_for(self.cfg, self.data()[0], progress=False)
-            self._loss = set_align_corners(loss, align_corners_of(self.model())).to(self.device)
+            self._loss = set_align_corners(loss, align_corners_of(self._base_model())).to(self.device)
         return self._loss
 
     def batches(self):
