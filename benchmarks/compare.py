@@ -50,6 +50,8 @@ from pathlib import Path
 import yaml
 
 from contextseg.config import Config, load_config, parse_overrides
+from contextseg.losses import SEGMENTATION_WEIGHTS
+from contextseg.tasks import declared_task
 
 SUITES = ("heads", "losses", "merges")
 CAMVID_RARE = [2, 6, 9, 10]  # pole, sign, pedestrian, bicyclist
@@ -81,7 +83,7 @@ def suite_experiments(suite: str, base: Config, copy_paste_classes=CAMVID_RARE,
             "nonlocal": "self-attention (non-local) head, mmseg NLHead layout",
             "ocr": "object-contextual representations (+ aux soft-region loss)",
         }
-        danet_weights = {**base.loss.weights, "pam": 1.0, "cam": 1.0}  # DANet's three losses, equal weights
+        danet_weights = {**(base.loss.weights or SEGMENTATION_WEIGHTS), "pam": 1.0, "cam": 1.0}  # DANet's three losses, equal weights
         return [Experiment(arch, [f"model.arch={arch}"], note) for arch, note in notes.items()] + [
             Experiment("danet", ["model.arch=danet", f"loss.weights={_flow(danet_weights)}"],
                        "dual attention (position + channel), losses on out, pam, cam")]
@@ -134,7 +136,7 @@ def suite_experiments(suite: str, base: Config, copy_paste_classes=CAMVID_RARE,
 
         def ms(merge):
             kwargs = {**base.model.kwargs, "multiscale": {"scales": scales, "merge": merge}}
-            weights = {**base.loss.weights, "out_s*": per_scale[merge]}
+            weights = {**(base.loss.weights or SEGMENTATION_WEIGHTS), "out_s*": per_scale[merge]}
             return [f"model.kwargs={_flow(kwargs)}", f"loss.weights={_flow(weights)}"]
 
         def supervision(merge):
@@ -168,7 +170,14 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _normalized(cfg_dict: dict) -> dict:
-    return _flat(yaml.safe_load(yaml.safe_dump(cfg_dict, sort_keys=True)))
+    """Flat keys; the defaults a run resolves (task from the dataset, loss.weights None = the segmentation
+    default) written out, so a run saved before or after they were spelled out compares equal."""
+    flat = _flat(yaml.safe_load(yaml.safe_dump(cfg_dict, sort_keys=True)))
+    if flat.get("task") is None and "data.dataset" in flat:
+        flat["task"] = declared_task(flat["data.dataset"])
+    if flat.get("task") == "segmentation" and flat.get("loss.weights") is None:
+        flat["loss.weights"] = dict(SEGMENTATION_WEIGHTS)
+    return flat
 
 
 def config_diff(a: dict, b: dict, ignore=()) -> list[str]:
@@ -325,7 +334,7 @@ def _shell(s: str) -> str:
 
 
 def run_experiment(exp: Experiment, cfg: Config, runs_root: Path, rerun: bool, progress: bool) -> dict:
-    from contextseg.engine.segmentation import train
+    from contextseg.tasks import run_training as train
 
     run_dir = Path(cfg.output_dir)
     want = cfg.to_dict()

@@ -38,9 +38,9 @@ from torch import nn
 
 from contextseg.config import load_config
 from contextseg.engine.checkpoint import load_model
-from contextseg.engine.evaluator import evaluate
+from contextseg.engine.builders import build_datasets, eval_loader
+from contextseg.engine.evaluator import EvalRuntime, evaluate
 from contextseg.engine.runtime import autocast, select_device
-from contextseg.engine.segmentation import build_datasets, eval_loader
 from contextseg.models.multiscale import LEARNED_MERGES, MultiScale, configure_inference, inference_spec
 
 
@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad(), autocast(device, amp):
             timed(warm_x)  # warm-up: one-time kernel selection and allocations, not timed
         timed.enabled = True
-        result = evaluate(timed, loader, val_set.num_classes, val_set.classes, val_set.ignore_index, device, amp, cl,
-                          progress=not a.no_progress, desc=row_key(r))
+        result = evaluate(timed, loader, val_set.num_classes, val_set.classes, val_set.ignore_index,
+                          EvalRuntime(device, amp, cl, not a.no_progress), desc=row_key(r))
         row = {**r, "key": row_key(r), "inference": inference_spec(model), "mIoU": result["mIoU"],
                "pixel_acc": result["pixel_acc"], "mean_acc": result["mean_acc"],
                "per_class_iou": result["per_class_iou"], "s_per_img": timed.seconds / max(timed.images, 1),

@@ -162,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        return COMMANDS[args.command](args)
     except ContextSegError as exc:
         message = str(exc).strip()
         if "Original Traceback" in message:  # raised inside a DataLoader worker: keep the message only
@@ -171,118 +171,123 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _run(args) -> int:
-    if args.command == "models":
-        from .models import list_backbones, list_models
-
-        print("architectures:", ", ".join(list_models()))
-        print("backbones:    ", ", ".join(list_backbones()))
-        return 0
-    if args.command == "env":
-        import json
-        from pathlib import Path
-
-        from .engine.env_report import environment, format_environment
-
-        info = environment(measure=not args.no_measure)
-        print(format_environment(info))
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(info, indent=2))
-        return 0
-    if args.command in ("export", "bench"):
-        _refuse_classifier(args.checkpoint if args.command == "export" else args.model, args.command)
-    if args.command == "export":
-        from .export import export_onnx
-
-        report = export_onnx(args.checkpoint, args.out, size=args.size, output=args.output, dynamic=not args.static,
-                             opset=args.opset, exporter=args.exporter, scales=args.scales, merge=args.merge,
-                             flip=args.flip)
-        print(report.summary())
-        return 0
-    if args.command == "bench":
-        return _bench(args)
-    if args.command == "predict":
-        from .engine import classification
-        from .engine.predictor import Predictor, image_batches
-
-        if classification.is_classifier_checkpoint(args.checkpoint[0]):  # image classes (+ SAOL attention maps)
-            if len(args.checkpoint) > 1 or any(v not in (None, False) for v in _inference_kwargs(args).values()):
-                raise ContextSegError("a classification checkpoint predicts alone, without test-time options")
-            rows = classification.predict_files(args.checkpoint[0], args.inputs, args.out, device=args.device,
-                                                amp=args.amp, progress=not args.no_progress)
-            print(f"wrote predictions.json for {len(rows)} images to {args.out}")
-            return 0
-
-        calibration = image_batches([args.calibration]) if args.calibration else None
-        pred = Predictor(args.checkpoint, device=args.device, amp=args.amp, backend=args.backend,
-                         calibration=calibration, **_inference_kwargs(args))
-        written = pred.predict_files(args.inputs, args.out, alpha=args.alpha, progress=not args.no_progress,
-                                     save_attention=args.save_attention)
-        extra = ", _attn_s*.png" if args.save_attention else ""
-        print(f"wrote {len(written)} label maps (+ _color.png, _overlay.jpg{extra}) to {args.out}")
-        return 0
-
+def _config(args):
     from .config import load_config
-    from .engine import segmentation
 
-    if args.command == "eval":  # `--checkpoint A.pt B.pt key=value`: key=value words after the checkpoints are overrides
-        moved = [c for c in args.checkpoint if "=" in c and not os.path.exists(c)]
-        args.overrides = [*args.overrides, *moved]
-        args.checkpoint = [c for c in args.checkpoint if c not in moved]
-    cfg = load_config(args.config, args.overrides)
-    if args.command == "train":
-        if args.nproc is not None and args.nproc > 1:
-            from .engine.distributed import launch
+    return load_config(args.config, args.overrides)
 
-            worker_argv = ["train", args.config, *args.overrides, *(["--resume", args.resume] if args.resume else []),
-                           *(["--no-progress"] if args.no_progress else [])]
-            return launch(args.nproc, worker_argv)
-        summary = segmentation.train(cfg, resume=args.resume, progress=not args.no_progress)
-        if os.environ.get("RANK", "0") != "0":  # a distributed worker: rank 0 reports
-            return 0
-        print(f"done: {summary['step']} steps in {summary['train_seconds']:.0f} s; "
-              f"best {100 * summary['best']:.2f} {summary['key_metric']}; checkpoints in {cfg.output_dir}")
+
+def _train(args) -> int:
+    from .tasks import run_training
+
+    cfg = _config(args)
+    if args.nproc is not None and args.nproc > 1:
+        from .engine.distributed import launch
+
+        worker_argv = ["train", args.config, *args.overrides, *(["--resume", args.resume] if args.resume else []),
+                       *(["--no-progress"] if args.no_progress else [])]
+        return launch(args.nproc, worker_argv)
+    summary = run_training(cfg, resume=args.resume, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # a distributed worker: rank 0 reports
         return 0
-    if args.command == "eval":
-        segmentation.evaluate_checkpoint(cfg, args.checkpoint, split=args.split, progress=not args.no_progress,
-                                         out=args.out, backend=args.backend, **_inference_kwargs(args))
-        return 0
-    if args.command == "pseudo-labels":
-        from .engine.pseudo_labels import write_pseudo_labels
+    print(f"done: {summary['step']} steps in {summary['train_seconds']:.0f} s; "
+          f"best {100 * summary['best']:.2f} {summary['key_metric']}; checkpoints in {cfg.output_dir}")
+    return 0
 
-        result = write_pseudo_labels(cfg, args.checkpoint, args.out, split=args.split, min_prob=args.min_prob,
-                                     rule=args.rule, bg_threshold=args.bg_threshold, progress=not args.no_progress,
-                                     report=not args.no_report)
-        print(f"wrote {result['images']} pseudo labels and pseudo_labels.json to {args.out}")
-        return 0
-    if args.command == "doctor":
-        from .engine.classification import is_classification_config
-        from .engine.diagnostics import parse_checks, parse_steps, run_doctor
-        from .engine.weak import is_weak_config
 
-        if is_classification_config(cfg) or is_weak_config(cfg):
-            kind = "an SSNet" if is_weak_config(cfg) else "a classification"
-            raise ContextSegError(f"doctor checks segmentation configs; for {kind} config run a short "
-                                  "`contextseg train CONFIG train.iters=...` instead")
+def _eval(args) -> int:
+    from .tasks import task_for
 
-        report = run_doctor(cfg, parse_checks(args.checks), args.out, steps=parse_steps(args.steps),
-                            batch_size=args.batch_size, data_samples=args.data_samples, lr_range=args.lr_range,
-                            progress=not args.no_progress)
-        return 1 if report["overall"] == "FAIL" else 0
-    raise AssertionError(args.command)
+    # `--checkpoint A.pt B.pt key=value`: key=value words after the checkpoints are overrides
+    moved = [c for c in args.checkpoint if "=" in c and not os.path.exists(c)]
+    args.overrides = [*args.overrides, *moved]
+    cfg = _config(args)
+    checkpoints = [c for c in args.checkpoint if c not in moved]
+    task_for(cfg).evaluate_checkpoint(cfg, checkpoints, split=args.split, progress=not args.no_progress,
+                                      out=args.out, backend=args.backend, **_inference_kwargs(args))
+    return 0
+
+
+def _predict(args) -> int:
+    from .engine.checkpoint import load_checkpoint
+    from .onnx_graph import is_onnx
+    from .tasks import TASKS, task_for_checkpoint
+
+    first = args.checkpoint[0]
+    task = TASKS["segmentation"] if is_onnx(first) else task_for_checkpoint(load_checkpoint(first))
+    options = dict(device=args.device, amp=args.amp, alpha=args.alpha, backend=args.backend,
+                   calibration=args.calibration, save_attention=args.save_attention, progress=not args.no_progress,
+                   **_inference_kwargs(args))
+    print(task.predict(args.checkpoint, args.inputs, args.out, options))
+    return 0
+
+
+def _pseudo_labels(args) -> int:
+    from .tasks.weak import write_pseudo_labels
+
+    result = write_pseudo_labels(_config(args), args.checkpoint, args.out, split=args.split, min_prob=args.min_prob,
+                                 rule=args.rule, bg_threshold=args.bg_threshold, progress=not args.no_progress,
+                                 report=not args.no_report)
+    print(f"wrote {result['images']} pseudo labels and pseudo_labels.json to {args.out}")
+    return 0
+
+
+def _doctor(args) -> int:
+    from .engine.diagnostics import parse_checks, parse_steps, run_doctor
+    from .tasks import task_for
+
+    cfg = _config(args)
+    task = task_for(cfg)
+    if not task.doctor:
+        raise ContextSegError(f"doctor checks segmentation configs; for a {task.name} config run a short "
+                              "`contextseg train CONFIG train.iters=...` instead")
+    report = run_doctor(cfg, parse_checks(args.checks), args.out, steps=parse_steps(args.steps),
+                        batch_size=args.batch_size, data_samples=args.data_samples, lr_range=args.lr_range,
+                        progress=not args.no_progress)
+    return 1 if report["overall"] == "FAIL" else 0
+
+
+def _models(args) -> int:
+    from .models import list_backbones, list_models
+
+    print("architectures:", ", ".join(list_models()))
+    print("backbones:    ", ", ".join(list_backbones()))
+    return 0
+
+
+def _env(args) -> int:
+    from .engine.env_report import environment, format_environment
+    from .engine.runtime import write_json
+
+    info = environment(measure=not args.no_measure)
+    print(format_environment(info))
+    if args.json:
+        write_json(args.json, info)
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_onnx
+
+    _refuse_classifier(args.checkpoint, "export")
+    report = export_onnx(args.checkpoint, args.out, size=args.size, output=args.output, dynamic=not args.static,
+                         opset=args.opset, exporter=args.exporter, scales=args.scales, merge=args.merge,
+                         flip=args.flip)
+    print(report.summary())
+    return 0
 
 
 def _refuse_classifier(model: str, command: str) -> None:
     """export and bench handle dense-prediction models only (classifiers output (B, K))."""
     from pathlib import Path
 
+    from .engine.checkpoint import load_checkpoint
+    from .onnx_graph import is_onnx
     from .registry import CLASSIFIERS
+    from .tasks import task_for_checkpoint
 
     if Path(model).is_file():
-        from .engine.classification import is_classifier_checkpoint
-
-        classifier = is_classifier_checkpoint(model)
+        classifier = not is_onnx(model) and task_for_checkpoint(load_checkpoint(model)).name == "classification"
     else:
         classifier = model.split(":", 1)[0] in CLASSIFIERS
     if classifier:
@@ -291,15 +296,15 @@ def _refuse_classifier(model: str, command: str) -> None:
 
 
 def _bench(args) -> int:
-    import json
-    from pathlib import Path
-
     import torch
 
     from .engine.bench import benchmark, settle_batchnorm
     from .engine.checkpoint import load_model
     from .models import create_model
 
+    from pathlib import Path
+
+    _refuse_classifier(args.model, "bench")
     if Path(args.model).suffix.lower() in (".pt", ".pth") or Path(args.model).is_file():
         model = load_model(args.model)
     elif ":" in args.model:
@@ -314,7 +319,7 @@ def _bench(args) -> int:
     from .engine.bench import default_train_modes
     from .engine.predictor import image_batches
     from .engine.env_report import environment
-    from .engine.runtime import select_device
+    from .engine.runtime import select_device, write_json
 
     train_modes = None
     if args.train is not None:
@@ -326,9 +331,7 @@ def _bench(args) -> int:
     if args.val:
         _bench_val(args, rows)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"model": args.model, "machine": environment(measure=False),
-                                              "rows": rows}, indent=2))
+        write_json(args.out, {"model": args.model, "machine": environment(measure=False), "rows": rows})
     return 0
 
 
@@ -340,7 +343,7 @@ def _bench_val(args, rows: list) -> None:
     from pathlib import Path
 
     from .config import load_config
-    from .engine import segmentation
+    from .tasks import task_for
 
     if not Path(args.model).is_file():
         raise ContextSegError("--val evaluates a checkpoint file; ARCH:BACKBONE models are untrained")
@@ -349,10 +352,18 @@ def _bench_val(args, rows: list) -> None:
     scores = {}
     for mode in ["eager"] + [m for m in ("bf16", "int8") if m in ran]:
         with contextlib.redirect_stdout(io.StringIO()):
-            scores[mode] = segmentation.evaluate_checkpoint(cfg, args.model, progress=False, backend=mode)["mIoU"]
+            scores[mode] = task_for(cfg).evaluate_checkpoint(cfg, args.model, progress=False, backend=mode)["mIoU"]
         print(f"val mIoU through {mode}: {100 * scores[mode]:.2f}"
               + (f" ({100 * (scores[mode] - scores['eager']):+.2f} points)" if mode != "eager" else ""))
     for row in rows:
         if row["kind"] == "infer" and row["mode"] in scores:
             row["val_mIoU"] = scores[row["mode"]]
             row["mIoU_change"] = scores[row["mode"]] - scores["eager"]
+
+
+COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "pseudo-labels": _pseudo_labels, "doctor": _doctor,
+            "models": _models, "env": _env, "export": _export, "bench": _bench}
+
+
+if __name__ == "__main__":  # python -m contextseg.cli ... (as python -m contextseg ...)
+    sys.exit(main())

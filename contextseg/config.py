@@ -80,9 +80,10 @@ class TrainConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "ce"  # ce | ohem | focal (contextseg/losses.py)
-    # output name or glob pattern -> weight, e.g. {out: 1.0, aux: 0.4, "out_s*": 0.4}
-    weights: dict = field(default_factory=lambda: {"out": 1.0, "aux": 0.4})
+    name: str = "ce"  # ce | ohem | focal | edge_hold | saol | ssnet (contextseg/losses/)
+    # output name or glob pattern -> weight, e.g. {out: 1.0, aux: 0.4, "out_s*": 0.4}; None: the task's default
+    # (segmentation {out: 1.0, aux: 0.4}, SAOL all terms 1.0, SSNet {cls, saliency, seg} 1.0)
+    weights: dict | None = None
     # loss arguments, e.g. {class_weights: median_frequency} or [..] for ce/ohem; {thresh: 0.7, min_kept: 100000}
     # for ohem; {gamma: 2.0, alpha: [..]} for focal
     kwargs: dict = field(default_factory=dict)
@@ -93,6 +94,8 @@ class Config:
     name: str = "experiment"
     output_dir: str = "runs/experiment"
     seed: int = 0
+    # segmentation | saliency | classification | weak (contextseg/tasks/); None: inferred from data.dataset
+    task: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:1
     deterministic: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -214,6 +217,10 @@ def validate(cfg: Config) -> Config:
         raise ContextSegError(f"train.accumulate (batches per optimizer step) must be >= 1, got {t.accumulate}")
     if d.mix not in ("none", "cutmix", "copy_paste"):
         raise ContextSegError(f"data.mix must be 'none', 'cutmix' or 'copy_paste', got {d.mix!r}")
+    w = cfg.loss.weights
+    if w is not None and (not isinstance(w, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                         for v in w.values())):
+        raise ContextSegError(f"loss.weights maps output names to numbers, e.g. {{out: 1.0, aux: 0.4}}; got {w!r}")
     if not 0.0 <= d.mix_prob <= 1.0:
         raise ContextSegError(f"data.mix_prob is a probability in [0, 1], got {d.mix_prob}")
     return cfg

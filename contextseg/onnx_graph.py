@@ -36,6 +36,11 @@ class DeployModel(nn.Module):
         return logits.argmax(1) if self.output == "labels" else logits
 
 
+def is_onnx(path) -> bool:
+    """True for a path ending in .onnx (any case): an exported graph, not a checkpoint."""
+    return Path(str(path)).suffix.lower() == ".onnx"
+
+
 def require(module: str):
     """Import ``module`` or say which extra installs it."""
     try:

@@ -15,11 +15,13 @@ class Registry:
         self._table: dict[str, Callable] = {}
 
     def register(self, name: str | None = None):
+        """Decorator for a constructor, or a class with a ``builder()`` classmethod (the heads: the table then holds
+        ``cls.builder()``, e.g. ``(backbone, num_classes, **options) -> head``); returns it unchanged."""
         def deco(fn: Callable) -> Callable:
             key = name or fn.__name__
             if key in self._table:
                 raise ValueError(f"{self.kind} {key!r} registered twice")
-            self._table[key] = fn
+            self._table[key] = fn.builder() if isinstance(fn, type) and hasattr(fn, "builder") else fn
             return fn
 
         return deco

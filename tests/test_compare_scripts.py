@@ -57,7 +57,7 @@ def test_merges_use_each_reference_per_scale_weight():
     for name, weight in expected.items():
         cfg = compare.load_config(BASE, experiments[name].overrides)
         assert cfg.model.kwargs["multiscale"] == {"scales": [0.5, 1.0], "merge": name}
-        assert cfg.loss.weights == {**base.loss.weights, "out_s*": weight}
+        assert cfg.loss.weights == {"out": 1.0, "aux": 0.4, "out_s*": weight}
         assert f"per-scale supervision {weight}" in experiments[name].note
     assert "NVIDIA" in experiments["hierarchical"].note and "Attention to Scale" in experiments["attention"].note
 

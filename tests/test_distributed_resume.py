@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from contextseg.config import load_config
 from contextseg.engine import distributed as dist_utils
 from contextseg.engine.checkpoint import load_checkpoint
-from contextseg.engine.evaluator import evaluate
+from contextseg.engine.evaluator import EvalRuntime, evaluate
 from contextseg.engine.runtime import ResumableSampler, SeededSamples, ShardSampler
-from contextseg.engine.segmentation import train
+from contextseg.tasks import run_training as train
 from contextseg.engine.trainer import Trainer
 from contextseg.errors import ContextSegError
 
@@ -80,7 +80,7 @@ def run_tiny(out, batch_size, rank=0, world=1, *extra, stop_at=None, resume=None
     loader = DataLoader(val, batch_size=2, sampler=ShardSampler(len(val), rank, world))
 
     def evaluate_fn(m):
-        return evaluate(m, loader, K, val.classes, 255, "cpu", progress=False, distributed=world > 1)
+        return evaluate(m, loader, K, val.classes, 255, EvalRuntime("cpu", progress=False, distributed=world > 1))
 
     trainer = Trainer(tiny_trainer_cfg(out, batch_size, *extra), model, MeanCE(), Pairs(24), evaluate_fn,
                       progress=False)

@@ -9,7 +9,7 @@ from contextseg.config import load_config
 from contextseg.engine import checkpoint as ckpt_mod
 from contextseg.engine.checkpoint import atomic_save, load_checkpoint
 from contextseg.engine.schedules import PolyLR
-from contextseg.engine.segmentation import train
+from contextseg.tasks import run_training as train
 from contextseg.errors import ContextSegError
 
 

@@ -14,7 +14,7 @@ from contextseg.config import load_config
 from contextseg.data import SyntheticScenes, eval_transform, write_synthetic_folder
 from contextseg.engine.checkpoint import atomic_save
 from contextseg.engine.predictor import Predictor
-from contextseg.engine.segmentation import evaluate_checkpoint
+from contextseg.tasks import evaluate_checkpoint
 from contextseg.errors import ContextSegError
 from contextseg.metrics import SegMetric
 from contextseg.models.ensemble import Ensemble

@@ -44,7 +44,7 @@ def test_danet_suite_weights_its_three_outputs_equally():
 
 
 def test_pfa_edge_loss_defaults_are_the_official_edge_hold_loss():
-    from contextseg.saliency_loss import EdgePreservingLoss
+    from contextseg.losses.saliency import EdgePreservingLoss
 
     loss = EdgePreservingLoss()
     assert (loss.saliency_weight, loss.edge_weight, loss.pos_weight) == (0.7, 0.3, 1.12)
@@ -54,5 +54,6 @@ def test_ocr_aux_weight_is_the_official_0_4():
     from contextseg.config import Config
     from contextseg.losses import build_loss
 
-    assert Config().loss.weights == {"out": 1.0, "aux": 0.4}  # official LOSS.BALANCE_WEIGHTS [0.4, 1]
+    assert Config().loss.weights is None  # "the task's default": for segmentation, below
+    # official LOSS.BALANCE_WEIGHTS [0.4, 1]
     assert build_loss("ce").weights == {"out": 1.0, "aux": 0.4}

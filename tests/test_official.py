@@ -6,7 +6,7 @@ import torch
 
 from contextseg import ContextSegError, create_model, load_official
 from contextseg.config import load_config
-from contextseg.engine.segmentation import build_model_for
+from contextseg.engine.builders import build_model_for
 
 SMALL = "hrnetv2_w18_small_v1"
 X = torch.randn(1, 3, 64, 64)

@@ -107,7 +107,7 @@ def test_hrnet_init_official_is_n0_0001():
 
 def test_align_corners_from_a_config():
     from contextseg.config import load_config
-    from contextseg.engine.segmentation import build_model_for
+    from contextseg.engine.builders import build_model_for
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "configs" / "synthetic_ocr.yaml",

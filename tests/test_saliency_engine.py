@@ -9,10 +9,11 @@ from PIL import Image
 
 from contextseg.cli import main
 from contextseg.data import build_dataset
-from contextseg.engine.saliency import evaluate_saliency, saliency_maps
+from contextseg.engine.evaluator import EvalRuntime
+from contextseg.tasks.saliency import evaluate_saliency, saliency_maps
 from contextseg.losses import build_loss
-from contextseg.saliency_loss import EdgePreservingLoss, laplace_edges
-from contextseg.sod_metrics import SODMetrics
+from contextseg.losses.saliency import EdgePreservingLoss, laplace_edges
+from contextseg.metrics.sod import SODMetrics
 
 
 def write_sod_folder(root, n=12, size=(40, 48), seed=0):
@@ -87,7 +88,7 @@ def test_evaluate_saliency_perfect_model(tmp_path):
             for x, y in list.__iter__(self):
                 oracle.labels = y
                 yield x, y
-    result = evaluate_saliency(oracle, Loader(batches), progress=False)
+    result = evaluate_saliency(oracle, Loader(batches), EvalRuntime(progress=False))
     assert result["images"] == 3 and result["mae"] < 1e-3 and result["max_f"] > 0.999 and result["s_measure"] > 0.99
     maps = saliency_maps(torch.full((1, 1, 4, 4), 100.0), (8, 8))
     assert maps.shape == (1, 8, 8) and maps.dtype == np.uint8 and (maps == 255).all()

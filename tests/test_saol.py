@@ -12,7 +12,7 @@ from contextseg.data import LabelCutMix, build_dataset, default_data_root, write
 from contextseg.errors import ContextSegError
 from contextseg.models import create_model
 from contextseg.models.heads.saol import SAOLHead
-from contextseg.saol_loss import SAOLLoss, WithSourceLogits, box_coverage, sd_loss, ss1_loss, ss2_loss
+from contextseg.losses.saol import SAOLLoss, WithSourceLogits, box_coverage, sd_loss, ss1_loss, ss2_loss
 
 
 def n_params(module):

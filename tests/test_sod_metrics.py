@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from contextseg.errors import ContextSegError
-from contextseg.sod_metrics import SODMetrics, smeasure, prepare
+from contextseg.metrics.sod import SODMetrics, smeasure, prepare
 
 TOL = 1e-12
 

@@ -17,12 +17,12 @@ from contextseg.config import load_config
 from contextseg.data import build_dataset, write_synthetic_weak
 from contextseg.data.weak import ClassLayout, derive_image_labels, load_image_labels, save_image_labels
 from contextseg.engine.checkpoint import load_checkpoint
-from contextseg.engine.pseudo_labels import channels_to_classes, pseudo_label, write_pseudo_labels
+from contextseg.tasks.weak.pseudo_labels import channels_to_classes, pseudo_label, write_pseudo_labels
 from contextseg.errors import ContextSegError
 from contextseg.models import create_model
 from contextseg.models.heads.aspp_l import ASPPLHead
 from contextseg.models.heads.ssnet import aggregate_saliency
-from contextseg.ssnet_loss import SSNetLoss, saliency_nll
+from contextseg.losses.ssnet import SSNetLoss, saliency_nll
 
 CFG = "configs/weak/ssnet_synthetic.yaml"
 
@@ -128,7 +128,7 @@ def test_loss_terms_by_hand():
         torch.testing.assert_close(parts["seg"], seg)
         torch.testing.assert_close(total, cls + 2 * sal + 0.5 * seg)
     assert SSNetLoss().saliency == "nll"  # the official loss is the default
-    assert set(SSNetLoss({"out": 1.0, "aux": 0.4}).weights.values()) == {1.0}  # the package default means "not set"
+    assert set(SSNetLoss(None).weights.values()) == {1.0}  # loss.weights None: the SSNet default
     with pytest.raises(ContextSegError, match="not SSNet terms"):
         SSNetLoss({"out": 1.0})
     with pytest.raises(ContextSegError, match="nll"):

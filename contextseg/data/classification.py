@@ -3,7 +3,7 @@ CutMix for image labels, and a tiny synthetic image folder for tests.
 
 A sample is (image (3, H, W) float32 normalised as the rest of the package, label int in 0..K-1); the datasets
 declare ``task = "classification"``, which makes ``contextseg train`` / ``eval`` train and score a classifier
-(engine/classification.py). Layouts (classes are the sorted subfolder names unless ``classes`` is given):
+(tasks/classification.py). Layouts (classes are the sorted subfolder names unless ``classes`` is given):
 
     ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg   explicit splits (any split folder, e.g. test/)
     ROOT/train/<class>/*.jpg alone (CIFAR-10 here) or ROOT/<class>/*.jpg

@@ -71,3 +71,6 @@ def saliency_folder(split: str | None = None, root=None, transform=None, **kwarg
 def ecssd(split: str | None = None, root=None, transform=None, **kwargs) -> SaliencyFolder:
     """ECSSD (Yan et al. 2013; here 600 of its 1000 images): default root ../shared/datasets/ecssd."""
     return SaliencyFolder(root or default_data_root() / "ecssd", split, transform=transform, name="ecssd", **kwargs)
+
+
+saliency_folder.task = ecssd.task = "saliency"  # what contextseg.tasks reads to pick the task

@@ -1,9 +1,7 @@
-"""Builders shared by the task engines (segmentation, saliency, classification, weak supervision) and the doctor:
-datasets, the model and the evaluation loader from a Config, and a checkpoint's model for evaluation. They import
-no task engine, so every engine can use them without an import cycle."""
+"""Builders shared by the tasks (contextseg/tasks/) and the doctor: datasets, the model and the evaluation loader
+from a Config, and a checkpoint's model for evaluation."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from torch.utils.data import DataLoader
 
@@ -12,6 +10,7 @@ from ..data import build_dataset, eval_transform, train_transform
 from ..errors import ContextSegError
 from ..models import create_model
 from ..models.official import load_official_weights
+from ..onnx_graph import is_onnx
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, load_model, load_state_dict_checked, model_args
 from .runtime import ShardSampler, loader_workers, select_device
@@ -51,15 +50,10 @@ def eval_loader(dataset, cfg: Config, rank: int = 0, world_size: int = 1) -> Dat
                       num_workers=min(loader_workers(cfg.data.num_workers, select_device(cfg.device)), 2))
 
 
-def is_saliency(dataset) -> bool:
-    """True for salient-object-detection data (``task = "saliency"``): one-logit models, SOD metrics."""
-    return getattr(dataset, "task", "segmentation") == "saliency"
-
-
-def load_for_eval(cfg: Config, checkpoint: str, val_set):
-    """The model of a checkpoint (or an .onnx file) for evaluation on ``val_set``, checked against its classes."""
-    expected = 1 if is_saliency(val_set) else val_set.num_classes
-    ckpt = None if Path(checkpoint).suffix.lower() == ".onnx" else load_checkpoint(checkpoint)
+def load_for_eval(cfg: Config, checkpoint: str, expected: int):
+    """The model of a checkpoint (or an .onnx file) for evaluation, checked to predict ``expected`` classes (the
+    task's count for the evaluated dataset: 1 for a saliency map)."""
+    ckpt = None if is_onnx(checkpoint) else load_checkpoint(checkpoint)
     if ckpt is None:
         model = load_model(checkpoint)  # an OnnxModel: its weights are in the graph
     else:

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from ..errors import ContextSegError
+from ..models import create_model
 from ..models.resize import LEGACY_ALIGN_CORNERS
-from ..onnx_graph import OnnxModel
+from ..onnx_graph import OnnxModel, is_onnx
 
 FORMAT = "contextseg-checkpoint-v1"
 
@@ -107,17 +108,19 @@ def model_args(ckpt: dict) -> dict:
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild a model from a contextseg checkpoint alone and load its weights (eval mode). An ``.onnx`` file
     (``contextseg export``) gives an ``OnnxModel``: onnxruntime behind the same contract, on the CPU."""
-    from ..models import create_model
-
-    if Path(path).suffix.lower() == ".onnx":
+    if is_onnx(path):
         return OnnxModel(path)
+    return model_from_checkpoint(load_checkpoint(path), device, source=str(path))
 
-    ckpt = load_checkpoint(path)
+
+def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", source: str = "checkpoint"):
+    """The model of a loaded checkpoint dict (``load_checkpoint``), with its weights, classes and palette, in eval
+    mode on ``device``."""
     if "model_args" not in ckpt:
-        raise ContextSegError(f"checkpoint {str(path)!r} has no 'model_args'; build the model with "
+        raise ContextSegError(f"checkpoint {source!r} has no 'model_args'; build the model with "
                               f"create_model(...) and load ckpt['model'] into it")
     model = create_model(**model_args(ckpt))
-    load_state_dict_checked(model, ckpt["model"], source=f"checkpoint {str(path)!r}")
+    load_state_dict_checked(model, ckpt["model"], source=f"checkpoint {source!r}")
     model.classes = ckpt.get("classes")
     model.palette = ckpt.get("palette")
     return model.to(device).eval()

@@ -79,7 +79,7 @@ class Predictor:
         members = [load_model(m, device=self.device) if isinstance(m, (str, Path)) else m for m in members]
         if any(getattr(getattr(m, "head", None), "task", None) == "classification" for m in members):
             raise ContextSegError("Predictor makes label maps; for an image classifier use "
-                                  "contextseg.engine.classification.predict_files (or `contextseg predict`)")
+                                  "contextseg.tasks.classification.predict_files (or `contextseg predict`)")
         members = [configure_inference(m, scales=scales, merge=merge, flip=flip, window=window, stride=stride)
                    for m in members]
         model = members[0] if len(members) == 1 else Ensemble(members, names=names)

@@ -1,10 +1,14 @@
-"""Device choice, precision (``resolve_amp``), autocast, seeding and the resumable sampler shared by the engine."""
+"""Device choice, precision (``resolve_amp``), autocast, seeding, the resumable sampler and JSON records shared by
+the engine."""
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import random
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -185,8 +189,42 @@ class SeededSamples(torch.utils.data.Dataset):
         return getattr(self.dataset, name)
 
 
+def seed_rank(seed: int, rank: int, step: int = 0) -> None:
+    """Distinct python/numpy/torch RNG streams for the non-zero ranks of a distributed run (dropout, batch mixes);
+    ``step`` > 0 when a resumed run has no saved state for this rank."""
+    value = (seed * 1000 + 7919 * rank) ^ step
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
 def worker_init(worker_id: int) -> None:
     """Distinct, reproducible numpy/python RNG streams per DataLoader worker (albumentations uses them)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def jsonable(obj):
+    """``obj`` with tensors and numpy scalars as numbers or lists, tuples as lists, keys as strings and non-finite
+    floats as None (JSON has no inf/nan)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return jsonable(obj.item() if obj.numel() == 1 else obj.tolist())
+    if isinstance(obj, (np.integer, np.floating)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path, obj) -> Path:
+    """Write ``jsonable(obj)`` to ``path`` (indented), creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(obj), indent=2))
+    return path
+

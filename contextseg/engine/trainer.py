@@ -17,15 +17,12 @@ where an uninterrupted run ends. On resume, metrics.jsonl records written after 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
-import random
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -36,8 +33,9 @@ from ..models.resize import align_corners_of, set_align_corners
 from ..visualize import plot_curves
 from . import distributed as dist_utils
 from .diagnostics.common import snapshot_params, update_stats
-from .checkpoint import atomic_save, load_checkpoint, load_state_dict_checked, rng_state, set_rng_state
-from .runtime import ResumableSampler, SeededSamples, autocast, loader_workers, precision_choice, worker_init
+from .checkpointer import Checkpointer
+from .runtime import (ResumableSampler, SeededSamples, autocast, jsonable, loader_workers, precision_choice, seed_rank,
+                      worker_init, write_json)
 from .schedules import PolyLR
 
 
@@ -75,7 +73,7 @@ class Trainer:
             # the same initial weights on every rank (DDP broadcast rank 0's), but distinct streams for
             # dropout and batch mixes
             if self.rank:
-                _seed_all(cfg.seed * 1000 + 7919 * self.rank)
+                seed_rank(cfg.seed, self.rank)
         self.eager_train_model = self.train_model
         if getattr(t, "compile", False):  # compiled on the first step; checkpoints keep using self.model
             self.train_model = torch.compile(self.train_model)
@@ -110,68 +108,20 @@ class Trainer:
         self.epoch = 0
         self.best = -math.inf
         self.last_metrics: dict = {}
+        self.checkpointer = Checkpointer(cfg, self.model, self.optimizer, self.scheduler, self.scaler, self.meta)
 
-    # -- checkpoints -------------------------------------------------------------------------
-    def state(self) -> dict:
-        """The checkpoint; in a distributed run every rank calls it (it gathers the ranks' RNG states)."""
-        rngs = _gather_rng_states()
-        state = {
-            "format": "contextseg-checkpoint-v1",
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "model_args": dict(getattr(self.model, "init_args", {})),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "best": self.best,
-            "config": self.cfg.to_dict(),
-            "metrics": _jsonable(self.last_metrics),
-            "rng": rngs[0],
-            "num_threads": torch.get_num_threads(),
-            "classes": self.meta.get("classes"),
-            "palette": [list(c) for c in self.meta.get("palette", [])] or None,
-        }
-        if self.world > 1:
-            state["rng_ranks"] = rngs
-        return state
+    # -- checkpoints (checkpointer.py) -------------------------------------------------------
+    def progress_state(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "best": self.best, "metrics": self.last_metrics}
 
     def save(self, name: str) -> Path:
-        """Write OUTPUT_DIR/name atomically (rank 0; every rank must call it). Refuses non-finite weights."""
-        for k, v in self.model.state_dict().items():
-            if v.is_floating_point() and not torch.isfinite(v).all():
-                raise ContextSegError(f"refusing to write {name}: weight {k} is not finite; lower train.lr")
-        path = self.out_dir / name
-        state = self.state()
-        if self.is_main:
-            atomic_save(state, path)
-        return path
+        """Write OUTPUT_DIR/name atomically (rank 0; every rank must call it)."""
+        return self.checkpointer.save(name, self.progress_state())
 
     def resume(self, path) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
-        load_state_dict_checked(self.model, ckpt["model"], source=f"checkpoint {str(path)!r}")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.step, self.epoch = ckpt["step"], ckpt["epoch"]
-        self.best = ckpt.get("best", -math.inf)
-        if self.best is None:  # written as null when -inf
-            self.best = -math.inf
-        self.last_metrics = ckpt.get("metrics") or {}
-        threads = ckpt.get("num_threads")
-        if self.cfg.deterministic and self.device.type == "cpu" and threads and threads != torch.get_num_threads():
-            warnings.warn(
-                f"resuming a deterministic CPU run with {torch.get_num_threads()} threads that was saved with "
-                f"{threads}: float sums reduce in another order, so the result will not match an uninterrupted run "
-                f"bit for bit; set OMP_NUM_THREADS={threads} for an exact resume", stacklevel=2)
-        ranks = ckpt.get("rng_ranks")
-        if ranks and len(ranks) == self.world:
-            set_rng_state(ranks[self.rank])
-        else:
-            set_rng_state(ckpt["rng"])
-            if self.rank:
-                _seed_all((self.cfg.seed * 1000 + 7919 * self.rank) ^ self.step)
+        progress = self.checkpointer.resume(path, self.device)
+        self.step, self.epoch, self.best = progress["step"], progress["epoch"], progress["best"]
+        self.last_metrics = progress["metrics"]
         if self.is_main:
             _truncate_log(self.out_dir / "metrics.jsonl", self.step)
 
@@ -180,7 +130,7 @@ class Trainer:
         if not self.is_main:
             return
         with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(_jsonable(record)) + "\n")
+            f.write(json.dumps(jsonable(record)) + "\n")
 
     def run_eval(self) -> dict:
         if self.evaluate_fn is None:
@@ -346,31 +296,15 @@ class Trainer:
         if self.is_main:
             if (self.out_dir / "metrics.jsonl").exists():
                 plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png", self.key_metric)
-            with open(self.out_dir / "summary.json", "w") as f:
-                json.dump(_jsonable(summary), f, indent=2)
+            write_json(self.out_dir / "summary.json", summary)
         dist_utils.barrier()
         return summary
-
-
-def _gather_rng_states() -> list:
-    """Every rank's RNG state (one process: a list of one), exchanged as torch.save bytes."""
-    if dist_utils.get_world_size() == 1:
-        return [rng_state()]
-    buf = io.BytesIO()
-    torch.save(rng_state(), buf)
-    return [torch.load(io.BytesIO(b), weights_only=True) for b in dist_utils.all_gather_object(buf.getvalue())]
 
 
 def _to_device(x, device):
     if isinstance(x, dict):
         return {k: _to_device(v, device) for k, v in x.items()}
     return x.to(device, non_blocking=True)
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -392,15 +326,3 @@ def _truncate_log(path: Path, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(kept))
     tmp.replace(path)
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.item() if obj.numel() == 1 else obj.tolist()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import copy
-import json
-import math
 import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -16,7 +13,7 @@ from ...errors import ContextSegError
 from ...losses import build_loss_for
 from ...models.resize import align_corners_of, set_align_corners
 from ..builders import build_datasets, build_model_for
-from ..runtime import precision_choice
+from ..runtime import precision_choice, write_json
 from .common import CHECKS, FAIL, _result, batch_stream, fixed_batch, worst
 from .training import check_init_loss, check_overfit, check_update_ratios, lr_range_test
 from .gradients import check_gradients
@@ -141,8 +138,7 @@ class Doctor:
                 print(format_result(result), flush=True)
         report = {"config": self.cfg.name, "overall": worst(r["verdict"] for r in results.values()),
                   "device": str(self.device), "precision": {"amp": amp, "reason": why}, "checks": results}
-        with open(self.out_dir / "doctor.json", "w") as f:
-            json.dump(_jsonable(report), f, indent=2)
+        write_json(self.out_dir / "doctor.json", report)
         if echo:
             print(f"overall: {report['overall']}; report in {self.out_dir / 'doctor.json'}")
         return report
@@ -191,17 +187,6 @@ def format_result(r: dict) -> str:
     lines += [f"{pad}plot: {p}" for p in r.get("plots") or []]
     return "\n".join(lines)
 
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer, np.floating)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def parse_checks(spec: str | Sequence[str] | None) -> tuple[str, ...]:

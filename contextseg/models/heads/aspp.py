@@ -9,19 +9,17 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ContextSegError
 from ...registry import HEADS
-from .common import (
-    FeatureAdapter, check_pooled_batch, conv_bn_relu, default_in_index, init_classifier, scale_rates, stride_of
-)
+from .common import DecodeHead, check_pooled_batch, conv_bn_relu
 
 BASE_RATES = (6, 12, 18)  # at output stride 16
 
 
-class ASPPHead(nn.Module):
+@HEADS.register("aspp")
+class ASPPHead(DecodeHead):
     """[(B, C_i, H_i, W_i)] -> {"out": (B, K, H, W)}, H, W the size of the chosen map.
 
         x    = adapter(feats)                                        (B, C, H, W)
@@ -34,34 +32,26 @@ class ASPPHead(nn.Module):
     A = ``channels`` (256). Parameters: (2 + 9 * len(rates)) * C*A + (len(rates) + 2) * A*A + 2A * (len(rates) + 3)
     + A*K + K.
 
-    Training needs a batch of at least 2 (BatchNorm after the global pooling).
+    Training needs a batch of at least 2 (BatchNorm after the global pooling). "aspp" in ``HEADS``: ``rates`` left
+    None are 6/12/18 at stride 16 rescaled to the chosen map's stride (12/24/36 on ResNet OS 8).
     """
 
     feat_module = "cls_head"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
+    atrous = ("rates", BASE_RATES, 16)
 
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        num_classes: int,
-        in_index: int | Sequence[int] = -1,
-        rates: Sequence[int] = (12, 24, 36),
-        channels: int = 256,
-        dropout: float = 0.1,
-    ):
-        super().__init__()
+    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int | Sequence[int] = -1,
+                 rates: Sequence[int] = (12, 24, 36), channels: int = 256, dropout: float = 0.1):
         if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
             raise ContextSegError(f"ASPP rates must be positive integers, got {rates!r}; e.g. rates=[6, 12, 18]")
-        self.num_classes = num_classes
+        super().__init__(in_channels, num_classes, in_index)
         self.rates = tuple(rates)
-        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
         c, a = self.inputs.out_channels, channels
         self.aspp = nn.ModuleList(
             [conv_bn_relu(c, a)] + [conv_bn_relu(c, a, kernel_size=3, dilation=r) for r in self.rates]
         )
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), *conv_bn_relu(c, a))
         self.project = conv_bn_relu((len(self.rates) + 2) * a, a)
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls_head = init_classifier(nn.Conv2d(a, num_classes, kernel_size=1))
+        self.add_classifier(a, dropout)
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         x = self.inputs(feats)
@@ -69,22 +59,4 @@ class ASPPHead(nn.Module):
             check_pooled_batch(x, type(self).__name__)
         branches = [branch(x) for branch in self.aspp]
         branches.append(self.image_pool(x).expand(-1, -1, *x.shape[-2:]))  # 1x1 -> (h, w): any bilinear resize is this
-        h = self.project(torch.cat(branches, dim=1))
-        return {"out": self.cls_head(self.dropout(h))}
-
-
-@HEADS.register("aspp")
-def build_aspp(
-    backbone: nn.Module,
-    num_classes: int,
-    in_index: int | Sequence[int] | None = None,
-    rates: Sequence[int] | None = None,
-    channels: int = 256,
-    dropout: float = 0.1,
-) -> ASPPHead:
-    """"aspp": DeepLab v3 ASPP; rates from the chosen map's stride unless given (12/24/36 on ResNet OS 8)."""
-    index = default_in_index(backbone) if in_index is None else in_index
-    if rates is None:
-        stride = stride_of(backbone, index)
-        rates = BASE_RATES if stride is None else scale_rates(BASE_RATES, stride, at_stride=16)
-    return ASPPHead(backbone.out_channels, num_classes, index, rates, channels, dropout)
+        return {"out": self.classify(self.project(torch.cat(branches, dim=1)))}

@@ -12,35 +12,31 @@ from torch import Tensor, nn
 
 from ...errors import ContextSegError
 from ...registry import HEADS
-from .common import FeatureAdapter, default_in_index, init_classifier, scale_rates, stride_of
+from .common import DecodeHead, init_classifier
 
 BASE_RATES = (6, 12, 18, 24)  # at output stride 8, as DeepLab v2 ran ResNet-101
 
 
-class ASPPLHead(nn.Module):
+@HEADS.register("aspp_l")
+class ASPPLHead(DecodeHead):
     """[(B, C_i, H_i, W_i)] -> {"out": (B, K, H, W)}, H, W the size of the chosen map.
 
         x    = adapter(feats)                                          (B, C, H, W)
         out  = sum_r conv3x3_dilation_r(x) + b_r   for r in rates      (B, K, H, W)
 
-    Parameters: len(rates) * (9*C*K + K). Classifiers start from N(0, 0.01), as DeepLab's.
+    Parameters: len(rates) * (9*C*K + K). Classifiers start from N(0, 0.01), as DeepLab's. "aspp_l" in ``HEADS``:
+    ``rates`` left None are 6/12/18/24 at stride 8 rescaled to the chosen map's stride.
     """
 
     feat_module = "branches.0"  # its input, the map all four classifiers share, is "feat" (Segmentor return_feat)
+    atrous = ("rates", BASE_RATES, 8)
 
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        num_classes: int,
-        in_index: int | Sequence[int] = -1,
-        rates: Sequence[int] = BASE_RATES,
-    ):
-        super().__init__()
+    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int | Sequence[int] = -1,
+                 rates: Sequence[int] = BASE_RATES):
         if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
             raise ContextSegError(f"ASPP-L rates must be positive integers, got {rates!r}; e.g. rates=[6, 12, 18, 24]")
-        self.num_classes = num_classes
+        super().__init__(in_channels, num_classes, in_index)
         self.rates = tuple(rates)
-        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
         c = self.inputs.out_channels
         self.branches = nn.ModuleList(
             init_classifier(nn.Conv2d(c, num_classes, kernel_size=3, padding=r, dilation=r)) for r in self.rates
@@ -52,18 +48,3 @@ class ASPPLHead(nn.Module):
         for branch in self.branches[1:]:
             out = out + branch(x)
         return {"out": out}
-
-
-@HEADS.register("aspp_l")
-def build_aspp_l(
-    backbone: nn.Module,
-    num_classes: int,
-    in_index: int | Sequence[int] | None = None,
-    rates: Sequence[int] | None = None,
-) -> ASPPLHead:
-    """"aspp_l": DeepLab v2 ASPP-L; rates 6/12/18/24 at stride 8, rescaled to the chosen map's stride unless given."""
-    index = default_in_index(backbone) if in_index is None else in_index
-    if rates is None:
-        stride = stride_of(backbone, index)
-        rates = BASE_RATES if stride is None else scale_rates(BASE_RATES, stride, at_stride=8)
-    return ASPPLHead(backbone.out_channels, num_classes, index, rates)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from .common import FeatureAdapter, conv_bn_relu, init_classifier
+from .common import DecodeHead, conv_bn_relu
 
 
-class AuxFCNHead(nn.Module):
+class AuxFCNHead(DecodeHead):
     """[(B, C_i, H_i, W_i)] -> (B, K, H_a, W_a) logits of the map picked by ``in_index`` (c4 on a dilated ResNet:
     stride 8 at OS 8, 16 at OS 16).
 
@@ -23,20 +23,11 @@ class AuxFCNHead(nn.Module):
     0.4 by default as in PSPNet).
     """
 
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        num_classes: int,
-        in_index: int | Sequence[int] = -2,
-        channels: int = 256,
-        dropout: float = 0.1,
-    ):
-        super().__init__()
-        self.num_classes = num_classes
-        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
+    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int | Sequence[int] = -2,
+                 channels: int = 256, dropout: float = 0.1):
+        super().__init__(in_channels, num_classes, in_index)
         self.conv = conv_bn_relu(self.inputs.out_channels, channels, kernel_size=3)
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls_head = init_classifier(nn.Conv2d(channels, num_classes, kernel_size=1))
+        self.add_classifier(channels, dropout)
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
-        return self.cls_head(self.dropout(self.conv(self.inputs(feats))))
+        return self.classify(self.conv(self.inputs(feats)))

@@ -1,8 +1,9 @@
-"""Small pieces shared by heads: the feature adapter that picks and merges backbone outputs, conv-BN-ReLU,
-classifier init and input checks."""
+"""Small pieces shared by heads: the ``DecodeHead`` base (widths, feature adapter, classifier, construction from a
+backbone for the registries), conv-BN-ReLU, classifier init, atrous rates and input checks."""
 from __future__ import annotations
 
-from typing import Sequence
+import inspect
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -103,6 +104,17 @@ def scale_rates(rates: Sequence[int], stride: int, at_stride: int) -> tuple[int,
     return tuple(max(1, round(r * at_stride / stride)) for r in rates)
 
 
+def atrous_rates(backbone: nn.Module, index: int | Sequence[int], rates: int | Sequence[int],
+                 at_stride: int) -> int | tuple[int, ...]:
+    """``rates`` (one int, or several) given at stride ``at_stride``, rescaled to the stride of the map ``index``
+    picks (``scale_rates``); unchanged for a bad index (the head's adapter then reports it)."""
+    stride = stride_of(backbone, index)
+    if stride is None:
+        return rates
+    scaled = scale_rates([rates] if isinstance(rates, int) else rates, stride, at_stride)
+    return scaled[0] if isinstance(rates, int) else scaled
+
+
 def conv_bn_relu(in_c: int, out_c: int, kernel_size: int = 1, dilation: int = 1, bias: bool = False) -> nn.Sequential:
     """Conv + BN + ReLU, padding keeping the size: (B, in_c, H, W) -> (B, out_c, H, W). The conv has no bias unless
     ``bias`` (the official OCR code and the Keras PFA code keep one).
@@ -122,6 +134,95 @@ def init_classifier(conv: nn.Conv2d, std: float = 0.01) -> nn.Conv2d:
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
     return conv
+
+
+def classifier(channels: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """Dropout2d + 1x1 conv classifier (N(0, 0.01) init) as one child: (B, channels, H, W) -> (B, K, H, W).
+    Parameters: channels * K + K."""
+    return nn.Sequential(nn.Dropout2d(dropout), init_classifier(nn.Conv2d(channels, num_classes, kernel_size=1)))
+
+
+def _none_default(p: inspect.Parameter) -> inspect.Parameter:
+    """``p`` with default None (and "| None" in its annotation)."""
+    note = p.annotation
+    if isinstance(note, str) and "None" not in note:
+        note = f"{note} | None"
+    return p.replace(default=None, annotation=note)
+
+
+class DecodeHead(nn.Module):
+    """Base of the heads: ``head(list of backbone maps) -> {"out": (B, K, H, W), ...}``.
+
+    Holds ``in_channels`` (the backbone widths), ``num_classes`` (K) and, with ``adapter`` (off for heads that pick
+    their maps themselves: FCN-8s, PFA, SAOL), the ``FeatureAdapter`` ``inputs`` on ``in_index`` (None: all maps,
+    the HRNetV2 representation), whose ``out_channels`` C is the width the head runs on. ``add_classifier`` /
+    ``classify``: Dropout2d then the 1x1 classifier ``cls_head``.
+
+    Registered as a class (``@HEADS.register("psp")``): the registry holds ``builder()``, i.e.
+    ``(backbone, num_classes, **options) -> from_backbone(...)``, whose signature is the constructor's with the
+    arguments before ``num_classes`` read from the backbone, and ``backbone_options`` defaulting to None: left None,
+    ``in_index`` becomes the backbone's ``default_in_index`` and the ``atrous`` option (name, rates, stride they are
+    given at) is rescaled to the chosen map's stride (``atrous_rates``).
+    """
+
+    backbone_options: tuple[str, ...] = ("in_index",)
+    atrous: tuple[str, int | tuple[int, ...], int] | None = None
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int | Sequence[int] | None = -1,
+                 adapter: bool = True):
+        super().__init__()
+        self.in_channels = list(in_channels)
+        self.num_classes = num_classes
+        if adapter:
+            index = list(range(len(self.in_channels))) if in_index is None else in_index
+            self.inputs = FeatureAdapter(self.in_channels, index, head=type(self).__name__)
+
+    def add_classifier(self, channels: int, dropout: float) -> None:
+        """``dropout`` (Dropout2d) and ``cls_head`` (1x1 conv, channels -> K, N(0, 0.01) init, bias)."""
+        self.dropout = nn.Dropout2d(dropout)
+        self.cls_head = init_classifier(nn.Conv2d(channels, self.num_classes, kernel_size=1))
+
+    def classify(self, h: Tensor) -> Tensor:
+        """(B, channels, H, W) -> (B, K, H, W): ``cls_head(dropout(h))``."""
+        return self.cls_head(self.dropout(h))
+
+    @classmethod
+    def atrous_option(cls, options: dict) -> tuple | None:
+        """The atrous option to rescale for these options (``atrous``; SSNet: only with seg_head="aspp_l")."""
+        return cls.atrous
+
+    @classmethod
+    def from_backbone(cls, backbone: nn.Module, num_classes: int, **options) -> DecodeHead:
+        """The head on ``backbone`` (its ``out_channels``), the ``backbone_options`` left None filled from it."""
+        if "in_index" in cls.backbone_options and options.get("in_index") is None:
+            options["in_index"] = default_in_index(backbone)
+        atrous = cls.atrous_option(options)
+        if atrous is not None and options.get(atrous[0]) is None:
+            name, rates, at_stride = atrous
+            options[name] = atrous_rates(backbone, options["in_index"], rates, at_stride)
+        return cls(backbone.out_channels, num_classes, **options)
+
+    @classmethod
+    def builder(cls) -> Callable[..., DecodeHead]:
+        """The registry entry ``(backbone, num_classes, **options) -> head``; ``create_model`` routes and checks
+        keywords by its signature."""
+        params = list(inspect.signature(cls).parameters.values())
+        k = [p.name for p in params].index("num_classes")
+        none = set(cls.backbone_options) | ({cls.atrous[0]} if cls.atrous else set())
+        signature = inspect.Signature(
+            [inspect.Parameter("backbone", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="nn.Module"),
+             params[k].replace(default=inspect.Parameter.empty)]
+            + [_none_default(p) if p.name in none else p for p in params[k + 1:]],
+            return_annotation=cls.__name__,
+        )
+
+        def build(backbone: nn.Module, num_classes: int, *args, **options) -> DecodeHead:
+            return cls.from_backbone(**signature.bind(backbone, num_classes, *args, **options).arguments)
+
+        build.__signature__ = signature
+        build.__name__ = build.__qualname__ = f"{cls.__name__}.builder"
+        build.__doc__ = cls.from_backbone.__doc__
+        return build
 
 
 def check_pooled_batch(x: Tensor, head: str) -> None:

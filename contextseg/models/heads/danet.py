@@ -7,18 +7,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ...registry import HEADS
 from ..attention import ChannelAttention, PositionAttention
-from .common import FeatureAdapter, conv_bn_relu, default_in_index, init_classifier
+from .common import DecodeHead, classifier, conv_bn_relu
 
 
-def _classifier(channels: int, num_classes: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Dropout2d(dropout), init_classifier(nn.Conv2d(channels, num_classes, kernel_size=1)))
-
-
-class DANetHead(nn.Module):
+@HEADS.register("danet")
+class DANetHead(DecodeHead):
     """[(B, C_i, H_i, W_i)] -> {"out": (B, K, H, W)} (+ "pam", "cam" in training), H, W the size of the chosen map.
 
         x    = adapter(feats)                                      (B, C, H, W)
@@ -33,17 +30,9 @@ class DANetHead(nn.Module):
 
     feat_module = "conv8.1"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
 
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        num_classes: int,
-        in_index: int | Sequence[int] = -1,
-        channels: int = 512,
-        dropout: float = 0.1,
-    ):
-        super().__init__()
-        self.num_classes = num_classes
-        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
+    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int | Sequence[int] = -1,
+                 channels: int = 512, dropout: float = 0.1):
+        super().__init__(in_channels, num_classes, in_index)
         c = self.inputs.out_channels
         self.conv5a = conv_bn_relu(c, channels, kernel_size=3)
         self.pam = PositionAttention(channels)
@@ -51,9 +40,9 @@ class DANetHead(nn.Module):
         self.conv5c = conv_bn_relu(c, channels, kernel_size=3)
         self.cam = ChannelAttention()
         self.conv52 = conv_bn_relu(channels, channels, kernel_size=3)
-        self.conv6 = _classifier(channels, num_classes, dropout)
-        self.conv7 = _classifier(channels, num_classes, dropout)
-        self.conv8 = _classifier(channels, num_classes, dropout)
+        self.conv6 = classifier(channels, num_classes, dropout)
+        self.conv7 = classifier(channels, num_classes, dropout)
+        self.conv8 = classifier(channels, num_classes, dropout)
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         x = self.inputs(feats)
@@ -63,16 +52,3 @@ class DANetHead(nn.Module):
         if self.training:
             out.update(pam=self.conv6(p), cam=self.conv7(c))
         return out
-
-
-@HEADS.register("danet")
-def build_danet(
-    backbone: nn.Module,
-    num_classes: int,
-    in_index: int | Sequence[int] | None = None,
-    channels: int = 512,
-    dropout: float = 0.1,
-) -> DANetHead:
-    """"danet": dual attention (position + channel) head on the default map(s) (c5 on ResNet, all four on HRNet)."""
-    index = default_in_index(backbone) if in_index is None else in_index
-    return DANetHead(backbone.out_channels, num_classes, index, channels, dropout)

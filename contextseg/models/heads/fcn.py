@@ -9,10 +9,11 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ...registry import HEADS
-from .common import FeatureAdapter, default_in_index
+from .common import DecodeHead
 
 
-class HRNetV2Head(nn.Module):
+@HEADS.register("fcn")
+class HRNetV2Head(DecodeHead):
     """HRNetV2 "concat" head: [(B, C_i, H_i, W_i)] -> {"out": (B, K, H_0, W_0)}.
 
     H_0, W_0 is the size of the first (highest-resolution) map: ceil(H/4), ceil(W/4) for an (H, W) image on HRNet.
@@ -23,17 +24,13 @@ class HRNetV2Head(nn.Module):
 
     Layer names follow the official ``last_layer`` (conv with bias, BN, ReLU, classifier with bias).
     ``in_index`` picks other maps (``FeatureAdapter``): ``in_index=0`` is HRNetV1's head (the highest-resolution
-    branch alone, Wang et al. 2019, Fig. 4(a)).
+    branch alone, Wang et al. 2019, Fig. 4(a)). "fcn" in ``HEADS``: on the backbone's default map(s).
     """
 
     feat_module = "last_layer.3"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int | Sequence[int] | None = None):
-        super().__init__()
-        self.in_channels = list(in_channels)
-        self.num_classes = num_classes
-        index = list(range(len(self.in_channels))) if in_index is None else in_index  # None: all maps (HRNetV2)
-        self.inputs = FeatureAdapter(in_channels, index, head=type(self).__name__)
+        super().__init__(in_channels, num_classes, in_index)  # None: all maps (HRNetV2)
         c = self.inputs.out_channels
         self.last_layer = nn.Sequential(
             nn.Conv2d(c, c, kernel_size=1),
@@ -44,10 +41,3 @@ class HRNetV2Head(nn.Module):
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         return {"out": self.last_layer(self.inputs(feats))}
-
-
-@HEADS.register("fcn")
-def build_fcn(backbone: nn.Module, num_classes: int, in_index: int | Sequence[int] | None = None) -> HRNetV2Head:
-    """"fcn": the HRNetV2 concat head on the backbone's default map(s) (all four on HRNet; ``in_index=0``: HRNetV1)."""
-    index = default_in_index(backbone) if in_index is None else in_index
-    return HRNetV2Head(backbone.out_channels, num_classes, index)

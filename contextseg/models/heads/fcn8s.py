@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ...errors import ContextSegError
 from ...registry import HEADS
-from .common import check_feats
+from .common import DecodeHead, check_feats
 
 
 def bilinear_kernel(kernel_size: int) -> Tensor:
@@ -84,7 +84,8 @@ def pick_strides(strides: Sequence[int], wanted: Sequence[int] = (8, 16, 32)) ->
     return index
 
 
-class FCN8sHead(nn.Module):
+@HEADS.register("fcn8s")
+class FCN8sHead(DecodeHead):
     """FCN-8s: [(B, C_i, H_i, W_i)] -> {"out": (B, K, ceil(H/8), ceil(W/8))} for an (H, W) image.
 
     With x8, x16, x32 the backbone maps at strides 8, 16, 32 (chosen by ``backbone.strides``):
@@ -100,15 +101,15 @@ class FCN8sHead(nn.Module):
 
     Parameters: K * (C8 + C16 + C32 + 3) + 2 * 16 * K^2  (three 1x1 score layers with bias, two 4x4 K->K deconvs).
     Layer names follow the paper's Caffe net (score_fr, score_pool4, score_pool3, upscore2, upscore_pool4).
+    "fcn8s" in ``HEADS``: on the backbone maps at strides 8, 16, 32 (HRNet; ResNet with output_stride=32).
     """
 
     feat_module = "score_pool3"  # its input (the stride-8 backbone map) is "feat" (Segmentor return_feat)
+    backbone_options = ()
 
     def __init__(self, in_channels: Sequence[int], strides: Sequence[int], num_classes: int,
                  learnable_upsampling: bool = True):
-        super().__init__()
-        self.in_channels = list(in_channels)
-        self.num_classes = num_classes
+        super().__init__(in_channels, num_classes, adapter=False)
         self.in_index = pick_strides(strides)
         c8, c16, c32 = (self.in_channels[i] for i in self.in_index)
         self.score_fr = nn.Conv2d(c32, num_classes, kernel_size=1)
@@ -131,8 +132,7 @@ class FCN8sHead(nn.Module):
     def extra_repr(self) -> str:
         return f"in_index={self.in_index}"
 
-
-@HEADS.register("fcn8s")
-def build_fcn8s(backbone: nn.Module, num_classes: int, learnable_upsampling: bool = True) -> FCN8sHead:
-    """"fcn8s": FCN-8s skips on the backbone maps at strides 8, 16, 32 (HRNet; ResNet with output_stride=32)."""
-    return FCN8sHead(backbone.out_channels, backbone.strides, num_classes, learnable_upsampling=learnable_upsampling)
+    @classmethod
+    def from_backbone(cls, backbone: nn.Module, num_classes: int, **options) -> FCN8sHead:
+        """FCN-8s on ``backbone`` (its ``out_channels`` and ``strides``)."""
+        return cls(backbone.out_channels, backbone.strides, num_classes, **options)

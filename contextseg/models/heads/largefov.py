@@ -12,10 +12,11 @@ from torch import Tensor, nn
 
 from ...errors import ContextSegError
 from ...registry import HEADS
-from .common import FeatureAdapter, default_in_index, init_classifier, scale_rates, stride_of
+from .common import DecodeHead, init_classifier
 
 
-class LargeFOVHead(nn.Module):
+@HEADS.register("largefov")
+class LargeFOVHead(DecodeHead):
     """[(B, C_i, H_i, W_i)] -> {"out": (B, K, H, W)}, H, W the size of the chosen map.
 
         x    = adapter(feats)                                         (B, C, H, W)
@@ -23,26 +24,19 @@ class LargeFOVHead(nn.Module):
         h7   = Dropout(ReLU(conv1x1(h6) + b))                         (B, F, H, W)   fc7
         out  = conv1x1(h7) + b                                        (B, K, H, W)   fc8
 
-    F = ``channels`` (1024). Parameters: 9*C*F + F + F*F + F + F*K + K.
+    F = ``channels`` (1024). Parameters: 9*C*F + F + F*F + F + F*K + K. "largefov" in ``HEADS``: ``dilation`` left
+    None is 12 at stride 8 rescaled to the chosen map's stride.
     """
 
     feat_module = "cls_head"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
+    atrous = ("dilation", 12, 8)
 
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        num_classes: int,
-        in_index: int | Sequence[int] = -1,
-        dilation: int = 12,
-        channels: int = 1024,
-        dropout: float = 0.5,
-    ):
-        super().__init__()
+    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int | Sequence[int] = -1,
+                 dilation: int = 12, channels: int = 1024, dropout: float = 0.5):
         if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
             raise ContextSegError(f"LargeFOV dilation must be a positive integer, got {dilation!r}; e.g. 12")
-        self.num_classes = num_classes
+        super().__init__(in_channels, num_classes, in_index)
         self.dilation = dilation
-        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
         c = self.inputs.out_channels
         self.fc6 = nn.Sequential(
             nn.Conv2d(c, channels, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True), nn.Dropout(dropout)
@@ -52,20 +46,3 @@ class LargeFOVHead(nn.Module):
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         return {"out": self.cls_head(self.fc7(self.fc6(self.inputs(feats))))}
-
-
-@HEADS.register("largefov")
-def build_largefov(
-    backbone: nn.Module,
-    num_classes: int,
-    in_index: int | Sequence[int] | None = None,
-    dilation: int | None = None,
-    channels: int = 1024,
-    dropout: float = 0.5,
-) -> LargeFOVHead:
-    """"largefov": DeepLab-LargeFOV; dilation 12 at stride 8, rescaled to the chosen map's stride unless given."""
-    index = default_in_index(backbone) if in_index is None else in_index
-    if dilation is None:
-        stride = stride_of(backbone, index)
-        dilation = 12 if stride is None else scale_rates((12,), stride, at_stride=8)[0]
-    return LargeFOVHead(backbone.out_channels, num_classes, index, dilation, channels, dropout)

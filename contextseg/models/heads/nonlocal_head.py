@@ -8,14 +8,15 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ...registry import HEADS
 from ..attention import NonLocal2d
-from .common import FeatureAdapter, conv_bn_relu, default_in_index, init_classifier
+from .common import DecodeHead, conv_bn_relu
 
 
-class NonLocalHead(nn.Module):
+@HEADS.register("nonlocal")
+class NonLocalHead(DecodeHead):
     """[(B, C_i, H_i, W_i)] -> {"out": (B, K, H, W)}, H, W the size of the chosen map.
 
         x    = adapter(feats)                                       (B, C, H, W)
@@ -34,47 +35,20 @@ class NonLocalHead(nn.Module):
 
     feat_module = "cls_head"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
 
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        num_classes: int,
-        in_index: int | Sequence[int] = -1,
-        channels: int = 512,
-        reduction: int = 2,
-        use_scale: bool = True,
-        concat_input: bool = True,
-        dropout: float = 0.1,
-    ):
-        super().__init__()
-        self.num_classes = num_classes
-        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
+    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int | Sequence[int] = -1,
+                 channels: int = 512, reduction: int = 2, use_scale: bool = True, concat_input: bool = True,
+                 dropout: float = 0.1):
+        super().__init__(in_channels, num_classes, in_index)
         c = self.inputs.out_channels
         self.reduce = conv_bn_relu(c, channels, kernel_size=3)
         self.nl_block = NonLocal2d(channels, reduction=reduction, use_scale=use_scale)
         self.conv = conv_bn_relu(channels, channels, kernel_size=3)
         self.conv_cat = conv_bn_relu(c + channels, channels, kernel_size=3) if concat_input else None
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls_head = init_classifier(nn.Conv2d(channels, num_classes, kernel_size=1))
+        self.add_classifier(channels, dropout)
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         x = self.inputs(feats)
         h = self.conv(self.nl_block(self.reduce(x)))
         if self.conv_cat is not None:
             h = self.conv_cat(torch.cat([x, h], dim=1))
-        return {"out": self.cls_head(self.dropout(h))}
-
-
-@HEADS.register("nonlocal")
-def build_nonlocal(
-    backbone: nn.Module,
-    num_classes: int,
-    in_index: int | Sequence[int] | None = None,
-    channels: int = 512,
-    reduction: int = 2,
-    use_scale: bool = True,
-    concat_input: bool = True,
-    dropout: float = 0.1,
-) -> NonLocalHead:
-    """"nonlocal": self-attention (non-local) head, mmsegmentation NLHead layout, on the default map(s)."""
-    index = default_in_index(backbone) if in_index is None else in_index
-    return NonLocalHead(backbone.out_channels, num_classes, index, channels, reduction, use_scale, concat_input, dropout)
+        return {"out": self.classify(h)}

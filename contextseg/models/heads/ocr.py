@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ...registry import HEADS
 from ..attention import upcast
-from .common import FeatureAdapter, conv_bn_relu, default_in_index
+from .common import DecodeHead, conv_bn_relu
 
 
 def bn_relu(c: int) -> nn.Sequential:
@@ -98,7 +98,8 @@ class SpatialOCR(nn.Module):
         return self.conv_bn_dropout(torch.cat([context, feats], dim=1))
 
 
-class OCRHead(nn.Module):
+@HEADS.register("ocr")
+class OCRHead(DecodeHead):
     """HRNet + OCR head: [(B, C_i, H_i, W_i)] -> {"out": (B, K, H_0, W_0), "aux": (B, K, H_0, W_0)}.
 
     H_0, W_0 is the size of the first (highest-resolution) map: ceil(H/4), ceil(W/4) for an (H, W) image on HRNet.
@@ -112,25 +113,15 @@ class OCRHead(nn.Module):
 
     Layer names follow the official model (``conv3x3_ocr``, ``ocr_distri_head``, ``cls_head``, ``aux_head``).
     ``in_index`` picks other maps for u (``FeatureAdapter``): ``in_index=0`` runs OCR on HRNetV1 (the
-    highest-resolution branch alone), ``in_index=-1`` on a dilated ResNet's c5.
+    highest-resolution branch alone), ``in_index=-1`` on a dilated ResNet's c5. "ocr" in ``HEADS``: on the
+    backbone's default map(s).
     """
 
     feat_module = "cls_head"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
 
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        num_classes: int,
-        mid_channels: int = 512,
-        key_channels: int = 256,
-        dropout: float = 0.05,
-        in_index: int | Sequence[int] | None = None,
-    ):
-        super().__init__()
-        self.in_channels = list(in_channels)
-        self.num_classes = num_classes
-        index = list(range(len(self.in_channels))) if in_index is None else in_index  # None: all maps (HRNetV2)
-        self.inputs = FeatureAdapter(in_channels, index, head=type(self).__name__)
+    def __init__(self, in_channels: Sequence[int], num_classes: int, mid_channels: int = 512, key_channels: int = 256,
+                 dropout: float = 0.05, in_index: int | Sequence[int] | None = None):
+        super().__init__(in_channels, num_classes, in_index)  # None: all maps (HRNetV2)
         c = self.inputs.out_channels
         self.conv3x3_ocr = conv_bn_relu(c, mid_channels, kernel_size=3, bias=True)
         self.ocr_gather_head = SpatialGather()
@@ -147,20 +138,3 @@ class OCRHead(nn.Module):
         regions = self.ocr_gather_head(x, aux)
         x = self.ocr_distri_head(x, regions)
         return {"out": self.cls_head(x), "aux": aux}
-
-
-@HEADS.register("ocr")
-def build_ocr(
-    backbone: nn.Module,
-    num_classes: int,
-    mid_channels: int = 512,
-    key_channels: int = 256,
-    dropout: float = 0.05,
-    in_index: int | Sequence[int] | None = None,
-) -> OCRHead:
-    """"ocr": the OCR head on the backbone's default map(s) (all four on HRNet; ``in_index=0``: HRNetV1)."""
-    index = default_in_index(backbone) if in_index is None else in_index
-    return OCRHead(
-        backbone.out_channels, num_classes, mid_channels=mid_channels, key_channels=key_channels, dropout=dropout,
-        in_index=index,
-    )

@@ -12,10 +12,11 @@ from torch import Tensor, nn
 
 from ...registry import HEADS
 from ..resize import DEFAULT_ALIGN_CORNERS, resize
-from .common import FeatureAdapter, check_pooled_batch, conv_bn_relu, default_in_index, init_classifier
+from .common import DecodeHead, check_pooled_batch, conv_bn_relu
 
 
-class PSPHead(nn.Module):
+@HEADS.register("psp")
+class PSPHead(DecodeHead):
     """[(B, C_i, H_i, W_i)] -> {"out": (B, K, H, W)}, H, W the size of the chosen map (stride 8 on ResNet OS 8).
 
         x     = adapter(feats)                                          (B, C, H, W)
@@ -32,27 +33,17 @@ class PSPHead(nn.Module):
 
     feat_module = "cls_head"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
 
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        num_classes: int,
-        in_index: int | Sequence[int] = -1,
-        bins: Sequence[int] = (1, 2, 3, 6),
-        pool_channels: int | None = None,
-        channels: int = 512,
-        dropout: float = 0.1,
-    ):
-        super().__init__()
-        self.num_classes = num_classes
+    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int | Sequence[int] = -1,
+                 bins: Sequence[int] = (1, 2, 3, 6), pool_channels: int | None = None, channels: int = 512,
+                 dropout: float = 0.1):
+        super().__init__(in_channels, num_classes, in_index)
         self.align_corners = DEFAULT_ALIGN_CORNERS  # the model's setting (models/resize.py)
-        self.inputs = FeatureAdapter(in_channels, in_index, head=type(self).__name__)
         c = self.inputs.out_channels
         p = pool_channels or max(1, c // 4)
         self.bins = tuple(bins)
         self.psp_modules = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(b), *conv_bn_relu(c, p)) for b in bins)
         self.bottleneck = conv_bn_relu(c + len(self.bins) * p, channels, kernel_size=3)
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls_head = init_classifier(nn.Conv2d(channels, num_classes, kernel_size=1))
+        self.add_classifier(channels, dropout)
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         x = self.inputs(feats)
@@ -60,20 +51,4 @@ class PSPHead(nn.Module):
             check_pooled_batch(x, type(self).__name__)
         size = x.shape[-2:]
         pyramid = [x] + [resize(branch(x), size, self.align_corners) for branch in self.psp_modules]
-        h = self.bottleneck(torch.cat(pyramid, dim=1))
-        return {"out": self.cls_head(self.dropout(h))}
-
-
-@HEADS.register("psp")
-def build_psp(
-    backbone: nn.Module,
-    num_classes: int,
-    in_index: int | Sequence[int] | None = None,
-    bins: Sequence[int] = (1, 2, 3, 6),
-    pool_channels: int | None = None,
-    channels: int = 512,
-    dropout: float = 0.1,
-) -> PSPHead:
-    """"psp": PSPNet pyramid pooling head on the backbone's default map(s) (c5 on ResNet, all four on HRNet)."""
-    index = default_in_index(backbone) if in_index is None else in_index
-    return PSPHead(backbone.out_channels, num_classes, index, bins, pool_channels, channels, dropout)
+        return {"out": self.classify(self.bottleneck(torch.cat(pyramid, dim=1)))}

@@ -15,9 +15,7 @@ from ...errors import ContextSegError
 from ...registry import HEADS
 from ..attention import SEBlock, SpatialAttention
 from ..resize import DEFAULT_ALIGN_CORNERS, resize
-from .common import conv_bn_relu
-
-
+from .common import DecodeHead, conv_bn_relu
 
 
 class CPFE(nn.Module):
@@ -37,7 +35,8 @@ class CPFE(nn.Module):
         return F.relu(self.bn(torch.cat([b(x) for b in self.branches], dim=1)))
 
 
-class PFAHead(nn.Module):
+@HEADS.register("pfa")
+class PFAHead(DecodeHead):
     """[conv1_2, conv2_2, conv3_3, conv4_3, conv5_3] (VGG-16, strides 1 to 16) -> {"out": (B, K, H, W)} logits at
     the resolution of conv1_2 (the input's); K = 1 for saliency (sigmoid for the probability).
 
@@ -50,18 +49,19 @@ class PFAHead(nn.Module):
 
     up = bilinear resize to the target map's exact size (any input size works), with the model's align_corners
     (default True, as the official Keras ``BilinearUpsampling`` layer). The official
-    Keras code adds an L1 activity regulariser on the CA weights; it is not in the paper and not here.
+    Keras code adds an L1 activity regulariser on the CA weights; it is not in the paper and not here. "pfa" in
+    ``HEADS`` (num_classes=1: one saliency logit per pixel).
     """
 
     feat_module = "fuse"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
+    backbone_options = ()
 
     def __init__(self, in_channels: Sequence[int], num_classes: int = 1, width: int = 32, channels: int = 64):
-        super().__init__()
         in_channels = list(in_channels)
         if len(in_channels) != 5:
             raise ContextSegError(f"PFAHead needs the five VGG-16 taps (conv1_2 ... conv5_3), got a backbone with "
                                   f"{len(in_channels)} outputs; use backbone='vgg16'")
-        self.in_channels, self.num_classes = in_channels, num_classes
+        super().__init__(in_channels, num_classes, adapter=False)
         self.align_corners = DEFAULT_ALIGN_CORNERS  # the model's setting (models/resize.py)
         self.c1_conv = conv_bn_relu(in_channels[0], channels, 3, bias=True)
         self.c2_conv = conv_bn_relu(in_channels[1], channels, 3, bias=True)
@@ -84,9 +84,3 @@ class PFAHead(nn.Module):
         low = torch.cat([self.c1_conv(c1), resize(self.c2_conv(c2), size1, ac)], dim=1)
         low = self.c12_conv(low) * self.spatial_attention(high)
         return {"out": self.fuse(torch.cat([low, high], dim=1))}
-
-
-@HEADS.register("pfa")
-def build_pfa(backbone: nn.Module, num_classes: int, width: int = 32, channels: int = 64) -> PFAHead:
-    """"pfa": Pyramid Feature Attention saliency head on VGG-16 (num_classes=1: one saliency logit per pixel)."""
-    return PFAHead(backbone.out_channels, num_classes, width, channels)

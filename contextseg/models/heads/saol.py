@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ...errors import ContextSegError
 from ...registry import CLASSIFIERS
 from ..backbones.init import he_init
-from .common import check_feats, conv_bn_relu, init_classifier
+from .common import DecodeHead, check_feats, conv_bn_relu, init_classifier
 
 
 def resize_to_grid(x: Tensor, size: Sequence[int]) -> Tensor:
@@ -59,15 +59,17 @@ def _indices(in_index, n: int) -> list[int]:
     return [i % n for i in index]
 
 
-class GAPFCHead(nn.Module):
-    """The standard output layer (Eq. 1): [..., X^L] -> {"out": FC(GAP(X^L))} (B, K) logits."""
+@CLASSIFIERS.register("gap")
+class GAPFCHead(DecodeHead):
+    """The standard output layer (Eq. 1): [..., X^L] -> {"out": FC(GAP(X^L))} (B, K) logits. "gap" in
+    ``CLASSIFIERS``."""
 
     task = "classification"
     eval_outputs = ("out",)
+    backbone_options = ()
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int = -1):
-        super().__init__()
-        self.in_channels, self.num_classes = list(in_channels), num_classes
+        super().__init__(in_channels, num_classes, adapter=False)
         self.in_index = _indices(in_index, len(self.in_channels))[0]
         self.fc = nn.Linear(self.in_channels[self.in_index], num_classes)
 
@@ -76,17 +78,19 @@ class GAPFCHead(nn.Module):
         return {"out": self.fc(feats[self.in_index].mean(dim=(2, 3)))}
 
 
-class SAOLHead(nn.Module):
+@CLASSIFIERS.register("saol")
+class SAOLHead(DecodeHead):
     """[X^1, ..., X^L] -> {"out": (B, K) log y^, "gap": (B, K), "spatial_logits": (B, K, h, w),
-    "attention": (B, 1, h, w)} (see the module docstring); all four in eval mode too."""
+    "attention": (B, 1, h, w)} (see the module docstring); all four in eval mode too. "saol" in ``CLASSIFIERS``
+    (with the GAP-FC branch "gap" for self-distillation)."""
 
     task = "classification"
     eval_outputs = ("out", "gap", "spatial_logits", "attention")
+    backbone_options = ()
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, in_index=None, mid_channels: int = 32,
                  attention_channels: int = 32, fuse_kernel: int = 3, gap: bool = True):
-        super().__init__()
-        self.in_channels, self.num_classes = list(in_channels), num_classes
+        super().__init__(in_channels, num_classes, adapter=False)
         self.in_index = _indices(in_index, len(self.in_channels))
         if fuse_kernel not in (1, 3, 5):
             raise ContextSegError(f"fuse_kernel is 1, 3 or 5, got {fuse_kernel!r}")
@@ -115,16 +119,3 @@ class SAOLHead(nn.Module):
         if self.fc is not None:
             out["gap"] = self.fc(last.mean(dim=(2, 3)))
         return out
-
-
-@CLASSIFIERS.register("saol")
-def build_saol(backbone: nn.Module, num_classes: int, in_index=None, mid_channels: int = 32,
-               attention_channels: int = 32, fuse_kernel: int = 3, gap: bool = True) -> SAOLHead:
-    """"saol": Spatially Attentive Output Layer + a GAP-FC branch ("gap") for self-distillation."""
-    return SAOLHead(backbone.out_channels, num_classes, in_index, mid_channels, attention_channels, fuse_kernel, gap)
-
-
-@CLASSIFIERS.register("gap")
-def build_gap(backbone: nn.Module, num_classes: int, in_index: int = -1) -> GAPFCHead:
-    """"gap": global average pooling + fully connected layer on the last map (the usual classifier)."""
-    return GAPFCHead(backbone.out_channels, num_classes, in_index)

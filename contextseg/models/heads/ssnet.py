@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from ...errors import ContextSegError
 from ...registry import HEADS
 from .aspp_l import BASE_RATES, ASPPLHead
-from .common import check_feats, default_in_index, init_classifier, scale_rates, stride_of
+from .common import DecodeHead, check_feats, init_classifier
 from .fcn import HRNetV2Head
 
 SEG_HEADS = ("hrnetv2", "aspp_l")
@@ -75,21 +75,25 @@ class SaliencyAggregation(nn.Module):
         return torch.sigmoid(self.fc(self.pool(x)).flatten(1))
 
 
-class SSNetHead(nn.Module):
+@HEADS.register("ssnet")
+class SSNetHead(DecodeHead):
     """[(B, C_i, H_i, W_i)] -> {"out": (B, C + 1, H_0, W_0) logits (channel 0 background), "saliency": (B, 1, H_0,
     W_0) S in [0, 1] (a probability, not a logit), "saliency_scores": (B, C) v, "class_logits": (B, C) image-level
     class logits (``cls_head``)}. All four outputs in eval mode too. ``num_classes`` is C; the head's ``num_classes``
     attribute is the output width C + 1. ``in_index``: the maps of the SN (default all four on HRNet); ``sam_index``:
     the map of the SAM and of the "fc" classifier (default the last, deepest one). ``seg_head``: "hrnetv2" or
-    "aspp_l" (``rates``: its dilations at the SN map's stride; default DeepLab's 6 / 12 / 18 / 24)."""
+    "aspp_l" (``rates``: its dilations at the SN map's stride; default DeepLab's 6 / 12 / 18 / 24).
+
+    "ssnet" in ``HEADS`` (train it with data.dataset=weak_saliency, see contextseg/tasks/weak/); stage 2 as the
+    paper: ``seg_head="aspp_l", cls_head="fc"``, whose ``rates`` left None are 6 / 12 / 18 / 24 at stride 8 rescaled
+    to the SN map's stride (as the "aspp_l" head)."""
 
     eval_outputs = ("out", "saliency", "saliency_scores", "class_logits")
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, in_index=None, sam_index: int = -1,
                  sam_grid: int = 4, seg_head: str = "hrnetv2", rates: Sequence[int] | None = None,
                  cls_head: str = "mean"):
-        super().__init__()
-        self.in_channels = list(in_channels)
+        super().__init__(in_channels, num_classes + 1, adapter=False)
         n = len(self.in_channels)
         if isinstance(sam_index, bool) or not isinstance(sam_index, int) or not -n <= sam_index < n:
             raise ContextSegError(f"sam_index={sam_index!r} does not pick one of the backbone's {n} maps; give an "
@@ -100,7 +104,6 @@ class SSNetHead(nn.Module):
         if rates is not None and seg_head != "aspp_l":
             raise ContextSegError("rates are the dilations of seg_head=aspp_l; drop them or set seg_head: aspp_l")
         self.num_foreground = num_classes
-        self.num_classes = num_classes + 1
         self.sam_index = sam_index % n
         self.seg_head, self.cls_head = seg_head, cls_head
         if seg_head == "aspp_l":
@@ -128,16 +131,7 @@ class SSNetHead(nn.Module):
             class_logits = self.cls_fc(deep.mean(dim=(2, 3))).float()
         return {"out": logits, "saliency": saliency, "saliency_scores": scores, "class_logits": class_logits}
 
-
-@HEADS.register("ssnet")
-def build_ssnet(backbone: nn.Module, num_classes: int, in_index=None, sam_index: int = -1, sam_grid: int = 4,
-                seg_head: str = "hrnetv2", rates: Sequence[int] | None = None, cls_head: str = "mean") -> SSNetHead:
-    """"ssnet": SSNet's segmentation network (C + 1 maps) + Saliency Aggregation Module; num_classes = C, the
-    foreground classes (train it with data.dataset=weak_saliency, see contextseg/engine/weak.py). Stage 2 as the
-    paper: ``seg_head="aspp_l", cls_head="fc"``; ASPP-L's rates default to 6 / 12 / 18 / 24 at stride 8, rescaled to
-    the SN map's stride (as the "aspp_l" head)."""
-    index = default_in_index(backbone) if in_index is None else in_index
-    if seg_head == "aspp_l" and rates is None:
-        stride = stride_of(backbone, index)
-        rates = BASE_RATES if stride is None else scale_rates(BASE_RATES, stride, at_stride=8)
-    return SSNetHead(backbone.out_channels, num_classes, index, sam_index, sam_grid, seg_head, rates, cls_head)
+    @classmethod
+    def atrous_option(cls, options: dict) -> tuple | None:
+        """ASPP-L's rates (6 / 12 / 18 / 24 at stride 8), with seg_head="aspp_l" only."""
+        return ("rates", BASE_RATES, 8) if options.get("seg_head") == "aspp_l" else None

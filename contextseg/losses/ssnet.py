@@ -32,12 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ContextSegError
-from .models.resize import DEFAULT_ALIGN_CORNERS, resize
+from ..errors import ContextSegError
+from ..models.resize import DEFAULT_ALIGN_CORNERS, resize
 
 TERMS = ("cls", "saliency", "seg")
 DEFAULT_WEIGHTS = {"cls": 1.0, "saliency": 1.0, "seg": 1.0}
-PACKAGE_DEFAULT_WEIGHTS = {"out": 1.0, "aux": 0.4}  # LossConfig's default: means "not set" here
 SALIENCY_LOSSES = ("nll", "bce")
 
 
@@ -77,7 +76,7 @@ class SSNetLoss(nn.Module):
 
     def __init__(self, weights: dict | None = None, ignore_index: int = 255, saliency: str = "nll"):
         super().__init__()
-        weights = dict(DEFAULT_WEIGHTS if not weights or dict(weights) == PACKAGE_DEFAULT_WEIGHTS else weights)
+        weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
             raise ContextSegError(f"loss.weights {unknown} are not SSNet terms; use {{cls: 1.0, saliency: 1.0, "

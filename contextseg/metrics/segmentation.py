@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .models.resize import DEFAULT_ALIGN_CORNERS, resize
+from ..models.resize import DEFAULT_ALIGN_CORNERS, resize
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:

@@ -38,8 +38,8 @@ distillation term (Hinton et al.'s form), the SAOL side of L_SD detached, and al
 themselves could not be read (the paper's Sec. 3.2-3.3 text was not available; the official code,
 github.com/ildoonet/spatially-attentive-output-layer, was removed).
 
-Weights ``loss.weights`` by output name: out, attention (L_ss1), spatial_logits (L_ss2), gap (L_SD); the package
-default {out: 1.0, aux: 0.4} means all four at 1.0. Terms whose output the model lacks are 0 (a plain "gap" model
+Weights ``loss.weights`` by output name: out, attention (L_ss1), spatial_logits (L_ss2), gap (L_SD); None (the
+config default) means all four at 1.0. Terms whose output the model lacks are 0 (a plain "gap" model
 trains with the CutMix CE alone). ``loss.name=ce`` is {out: 1.0}. ``loss.kwargs``: beta (0.5), temperature (1).
 Parts (logged as loss_<part>): ce, ss1, ss2, sd.
 """
@@ -49,11 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ContextSegError
+from ..errors import ContextSegError
 
 SAOL_WEIGHTS = {"out": 1.0, "attention": 1.0, "spatial_logits": 1.0, "gap": 1.0}
 TERMS = ("out", "attention", "spatial_logits", "gap")
-PACKAGE_DEFAULT_WEIGHTS = {"out": 1.0, "aux": 0.4}
 EPS = 1e-12
 
 
@@ -105,7 +104,7 @@ class SAOLLoss(nn.Module):
 
     def __init__(self, weights: dict | None = None, temperature: float = 1.0, beta: float = 0.5):
         super().__init__()
-        weights = dict(SAOL_WEIGHTS if weights is None or weights == PACKAGE_DEFAULT_WEIGHTS else weights)
+        weights = dict(SAOL_WEIGHTS if weights is None else weights)
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
             hint = " (GAP-FC's CE is part of L_SD: its share is 1 - loss.kwargs.beta)" if "gap_ce" in unknown else ""
@@ -162,7 +161,7 @@ class SAOLLoss(nn.Module):
                     if "source_logits" not in t:
                         raise ContextSegError(
                             "L_ss2 needs targets['source_logits'], the spatial logits of each CutMixed image's "
-                            "source (unmixed partner) image: wrap the CutMix in saol_loss.WithSourceLogits(mix, "
+                            "source (unmixed partner) image: wrap the CutMix in losses.saol.WithSourceLogits(mix, "
                             "model), or set loss.weights.spatial_logits=0")
                     per = ss2_loss(outputs[name], t["source_logits"], mask)
                 value = (per * mixed).sum() / n_mixed

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ContextSegError
-from .models.resize import DEFAULT_ALIGN_CORNERS, resize
-from .registry import LOSSES
+from ..errors import ContextSegError
+from ..models.resize import DEFAULT_ALIGN_CORNERS, resize
+from ..registry import LOSSES
 
 LAPLACE = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, 8.0, -1.0], [-1.0, -1.0, -1.0]]).view(1, 1, 3, 3)
 

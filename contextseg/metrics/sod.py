@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .errors import ContextSegError
+from ..errors import ContextSegError
 
 EPS = np.spacing(1)  # MATLAB's eps (2.2e-16), used where the MATLAB code guards a division
 F_BETA2 = 0.3  # beta^2 of the F-measure, as Achanta et al. 2009 recommend

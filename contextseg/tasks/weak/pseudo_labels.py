@@ -37,14 +37,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..config import Config
-from ..data import eval_transform
-from ..data.weak import IGNORE, WeakImages, WeakSpec, image_keys, image_labels_for, label_map_of
-from ..errors import ContextSegError
-from ..metrics import format_table, metrics_from_confusion
-from ..models.resize import align_corners_of, resize
-from .runtime import autocast, select_device
-from .weak import check_config, load_ssnet
+from ...config import Config
+from ...data import eval_transform
+from ...data.weak import IGNORE, WeakImages, WeakSpec, image_keys, image_labels_for, label_map_of
+from ...errors import ContextSegError
+from ...metrics import confusion_matrix, format_table, metrics_from_confusion
+from ...models.resize import align_corners_of, resize
+from ...engine.runtime import autocast, select_device
+from .task import WeakTask, load_ssnet
 
 
 RULES = ("official", "restrict")
@@ -83,9 +83,9 @@ def channels_to_classes(channels: np.ndarray, channel_to_class: np.ndarray) -> n
 
 def confusion_with_unlabelled(pred: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
     """(K, K + 1) counts over pixels with a true class: column K = the pseudo label left it unlabelled (255)."""
-    keep = truth != IGNORE
-    col = np.where(pred[keep] == IGNORE, k, pred[keep]).astype(np.int64)
-    return np.bincount(truth[keep].astype(np.int64) * (k + 1) + col, minlength=k * (k + 1)).reshape(k, k + 1)
+    col = np.where(pred == IGNORE, k, pred).astype(np.int64)
+    square = confusion_matrix(torch.from_numpy(col), torch.from_numpy(truth.astype(np.int64)), k + 1, IGNORE)
+    return square[:k].numpy()  # no true pixel is in row K
 
 
 def report_from_confusion(matrix: np.ndarray, classes) -> dict:
@@ -112,7 +112,7 @@ def write_pseudo_labels(cfg: Config, checkpoint, out_dir, split: str | None = No
     stage-1 ``checkpoint``, and OUT/pseudo_labels.json (settings and, with ``report``, the metrics against the true
     labels). ``rule`` / ``min_prob`` / ``bg_threshold``: see the module docstring (defaults: the official rule, no
     threshold, no saliency rule). Returns that JSON's content."""
-    check_config(cfg, True)
+    WeakTask().check(cfg)
     if not 0.0 <= min_prob <= 1.0 or (bg_threshold is not None and not 0.0 <= bg_threshold <= 1.0):
         raise ContextSegError("min_prob and bg_threshold are probabilities in [0, 1]")
     if rule not in RULES:

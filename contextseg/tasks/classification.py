@@ -1,0 +1,181 @@
+"""Image classification (SAOL, Kim et al. CVPR 2020; or a plain GAP-FC classifier).
+
+Datasets that declare ``task = "classification"`` ("cifar10", "image_folder") train here: CIFAR augmentation (pad 4,
+random crop, flip; ``data.kwargs.pad``), CutMix on label pairs (``data.mix=cutmix``), the SAOL objective
+(losses/saol.py), and top-1 accuracy of the model's "out" (SAOL) and, when it has one, of its "gap" output (the
+self-distilled GAP-FC branch): keys ``top1``, ``top1_gap``, ``mean_class_acc``, ``per_class_acc``, ``images``.
+"Best" is the highest top-1 of "out".
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..config import Config
+from ..data import build_dataset, build_label_mix, classification_train_transform, eval_transform, read_image
+from ..engine import distributed as dist_utils
+from ..engine.builders import build_model_for, eval_loader, load_for_eval
+from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ..engine.evaluator import EvalRuntime
+from ..engine.predictor import collect_images
+from ..engine.runtime import autocast, select_device
+from ..errors import ContextSegError
+from ..losses import WithSourceLogits, build_classification_loss
+from ..metrics import accuracy_from_confusion, confusion_matrix
+from ..registry import CLASSIFIERS
+from ..visualize import heatmap
+from .base import Setup, Task, one_pt_checkpoint, refuse_inference_options, require_val_set
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    datasets = ("classification",)
+    key_metric = "top1"
+
+    def check(self, cfg: Config) -> None:
+        if cfg.model.arch not in CLASSIFIERS:
+            raise ContextSegError(f"dataset {cfg.data.dataset!r} is for image classification: set model.arch to "
+                                  f"{' or '.join(CLASSIFIERS.names())} (model.arch={cfg.model.arch!r} is a "
+                                  f"segmentation head), e.g. configs/cifar10/saol_resnet20.yaml")
+
+    def setup(self, cfg: Config, progress: bool) -> Setup:
+        train_set, val_set = build_datasets(cfg)
+        model = build_model_for(cfg, train_set.num_classes)
+        loss = build_classification_loss(cfg.loss.name, cfg.loss.weights, **cfg.loss.kwargs)
+        evaluate_fn = None
+        if val_set is not None:
+            loader = eval_loader(val_set, cfg, dist_utils.get_rank(), dist_utils.get_world_size())
+            runtime = EvalRuntime.from_config(cfg, progress=progress)
+            evaluate_fn = lambda model: evaluate_classification(model, loader, val_set.num_classes,  # noqa: E731
+                                                                val_set.classes, runtime)
+        mix = build_label_mix(cfg.data)
+        if mix is not None and loss.needs_source_logits:  # L_ss2's targets: the unmixed source images' spatial logits
+            mix = WithSourceLogits(mix, model)
+        meta = {"classes": list(train_set.classes), "palette": [tuple(c) for c in train_set.palette]}
+        return Setup(model, loss, train_set, evaluate_fn, meta, self.key_metric, mix)
+
+    def format(self, result: dict) -> str:
+        if not result:
+            return ""
+        gap = f"  GAP-FC top-1 {100 * result['top1_gap']:.2f}%" if "top1_gap" in result else ""
+        return (f"top-1 {100 * result['top1']:.2f}%{gap}  mean class acc {100 * result['mean_class_acc']:.2f}%  "
+                f"({result['images']} images)")
+
+    def evaluate(self, cfg: Config, checkpoints: list[str], progress: bool, backend: str | None,
+                 inference: dict) -> tuple[dict, dict]:
+        checkpoint = one_pt_checkpoint(checkpoints, "classification")
+        refuse_inference_options(inference, "a classifier")
+        _, val_set = build_datasets(cfg, train=False)
+        require_val_set(val_set)
+        model = load_for_eval(cfg, checkpoint, val_set.num_classes)
+        device = select_device(cfg.device)
+        model.to(device)
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        runtime = EvalRuntime(device, cfg.train.amp, cfg.train.channels_last, progress)
+        return evaluate_classification(model, eval_loader(val_set, cfg), val_set.num_classes, val_set.classes,
+                                       runtime), {}
+
+    def predict(self, checkpoints: list, inputs, out_dir, options: dict) -> str:
+        if len(checkpoints) > 1 or any(options.get(k) not in (None, False)
+                                       for k in ("scales", "merge", "flip", "window", "stride")):
+            raise ContextSegError("a classification checkpoint predicts alone, without test-time options")
+        rows = predict_files(checkpoints[0], inputs, out_dir, device=options.get("device", "auto"),
+                             amp=options.get("amp", "none"), progress=options.get("progress", True))
+        return f"wrote predictions.json for {len(rows)} images to {out_dir}"
+
+
+def build_datasets(cfg: Config, train: bool = True):
+    """(train set with the CIFAR augmentation or None, val set or None); ``data.kwargs.pad`` (4) is the crop padding."""
+    d = cfg.data
+    kwargs = dict(d.kwargs)
+    pad = kwargs.pop("pad", 4)
+    train_set = None
+    if train:
+        tf = classification_train_transform(tuple(d.crop_size), pad=pad, hflip=d.hflip)
+        train_set = build_dataset(d.dataset, d.train_split, root=d.root, transform=tf, **kwargs)
+    val_set = build_dataset(d.dataset, d.val_split, root=d.root, transform=eval_transform(), **kwargs) \
+        if d.val_split else None
+    return train_set, val_set
+
+
+@torch.no_grad()
+def evaluate_classification(model, loader, num_classes: int, classes=None, runtime: EvalRuntime = EvalRuntime(),
+                            desc: str = "eval") -> dict:
+    """Top-1 accuracy of ``model(x)["out"]`` (and of "gap" when present) over (image, label) batches; per-class
+    accuracy of "out". Restores the model's mode. Distributed: counts are summed over the ranks' shards."""
+    device = torch.device(runtime.device)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)  # truth x prediction of "out"
+    gap = torch.zeros(2, dtype=torch.long)  # correct, counted
+    was_training = model.training
+    model.eval()
+    try:
+        for images, labels in tqdm(loader, desc=desc, disable=not runtime.progress, leave=False, dynamic_ncols=True):
+            images = images.to(device)
+            if runtime.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device, runtime.amp):
+                out = model(images)
+            confusion += confusion_matrix(out["out"].float().argmax(1).cpu(), labels, num_classes, ignore_index=-1)
+            if "gap" in out:
+                gap += torch.tensor([int((out["gap"].float().argmax(1).cpu() == labels).sum()), len(labels)])
+    finally:
+        model.train(was_training)
+    if runtime.distributed:
+        confusion, gap = dist_utils.all_reduce_sum(confusion), dist_utils.all_reduce_sum(gap)
+    result = accuracy_from_confusion(confusion.numpy(), list(classes) if classes else None)
+    if gap[1] > 0:
+        result["top1_gap"] = gap[0].item() / gap[1].item()
+    return result
+
+
+@torch.no_grad()
+def predict_files(checkpoint, inputs, out_dir, device: str = "auto", amp: str = "none", progress: bool = True) -> list:
+    """Classify images with a checkpoint (a path or a ``load_checkpoint`` dict): prints ``NAME: class (prob)`` per
+    image, writes OUT/predictions.json and, for a SAOL model, OUT/STEM_attention.png (the image beside its spatial
+    attention map, upsampled bilinearly and shown as a heatmap scaled to its maximum). Images of another size than
+    the training crop are resized to it."""
+    dev = select_device(device)
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt, dev, source=str(checkpoint) if not isinstance(checkpoint, dict) else "")
+    crop = tuple((ckpt.get("config") or {}).get("data", {}).get("crop_size") or ())
+    classes = model.classes or [str(i) for i in range(model.num_classes)]
+    transform, out_dir = eval_transform(), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in tqdm(collect_images(inputs), desc="predict", disable=not progress, leave=False, dynamic_ncols=True):
+        image = read_image(path)
+        if len(crop) == 2 and image.shape[:2] != crop:
+            image = cv2.resize(image, (int(crop[1]), int(crop[0])), interpolation=cv2.INTER_AREA)
+        with autocast(dev, amp):
+            out = model(transform(image, None)[0][None].to(dev))
+        probs = out["out"].float().softmax(1)[0].cpu()
+        k = int(probs.argmax())
+        row = {"image": str(path), "class": classes[k], "index": k, "prob": float(probs[k])}
+        if "gap" in out:
+            row["gap_class"] = classes[int(out["gap"].argmax(1)[0])]
+        if "attention" in out:
+            row["attention"] = str(out_dir / f"{path.stem}_attention.png")
+            picture = attention_picture(image, out["attention"].float()[0, 0].cpu().numpy())
+            Image.fromarray(picture).save(row["attention"])
+        print(f"{path.name}: {row['class']} ({100 * row['prob']:.1f}%)")
+        rows.append(row)
+    (out_dir / "predictions.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def attention_picture(image: np.ndarray, attention: np.ndarray, min_side: int = 128) -> np.ndarray:
+    """(H, W, 3) uint8 image and (h, w) attention -> image | heatmap side by side, enlarged to >= min_side px."""
+    f = max(1, math.ceil(min_side / min(image.shape[:2])))
+    big = cv2.resize(image, (image.shape[1] * f, image.shape[0] * f), interpolation=cv2.INTER_NEAREST)
+    att = cv2.resize(attention.astype(np.float32), big.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    heat = heatmap(att, 0.0, float(att.max()) or 1.0)
+    blend = (0.4 * big.astype(np.float32) + 0.6 * heat.astype(np.float32)).astype(np.uint8)
+    return np.concatenate([big, blend], axis=1)

@@ -1,0 +1,118 @@
+"""Semantic segmentation: per-pixel classes, trained with pixel losses over the model's outputs, scored by mIoU.
+
+Evaluation runs whole validation images at their own size (engine/evaluator.py), optionally through test-time
+multi-scale / flip / sliding windows (models/multiscale.py), an inference backend (engine/backends.py) or an
+ensemble of checkpoints (their softmax probabilities averaged, models/ensemble.py).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..config import Config
+from ..data import build_dataset, eval_transform
+from ..data.mix import build_batch_mix
+from ..engine import distributed as dist_utils
+from ..engine.backends import default_backend, prepare
+from ..engine.builders import build_datasets, build_model_for, eval_loader, load_for_eval
+from ..engine.evaluator import EvalRuntime, evaluate
+from ..engine.predictor import Predictor, image_batches
+from ..engine.runtime import select_device
+from ..errors import ContextSegError
+from ..losses import build_loss_for
+from ..metrics import format_table
+from ..models.ensemble import Ensemble
+from ..models.multiscale import configure_inference, inference_spec
+from ..registry import CLASSIFIERS
+from .base import Setup, Task, require_val_set
+
+
+class SegmentationTask(Task):
+    name = "segmentation"
+    datasets = ("segmentation",)
+    doctor = True
+    key_metric = "mIoU"
+
+    def check(self, cfg: Config) -> None:
+        if cfg.model.arch in CLASSIFIERS:
+            raise ContextSegError(f"model.arch={cfg.model.arch!r} is an image classifier; train it on a "
+                                  f"classification dataset (cifar10, image_folder), not {cfg.data.dataset!r}")
+        if cfg.model.arch == "ssnet":
+            raise ContextSegError(f"model 'ssnet' predicts a background channel plus the classes and trains on "
+                                  f"data.dataset=weak_saliency, not {cfg.data.dataset!r}; see configs/weak/")
+
+    def outputs(self, dataset) -> int:
+        """Logit channels of a model for ``dataset``."""
+        return dataset.num_classes
+
+    def build_loss(self, cfg: Config, train_set, progress: bool):
+        return build_loss_for(cfg, train_set, progress=progress)
+
+    def evaluator(self, cfg: Config, val_set, runtime: EvalRuntime):
+        """model -> metrics of ``val_set`` (whole images; a rank's shard in a distributed run)."""
+        loader = eval_loader(val_set, cfg, dist_utils.get_rank(), dist_utils.get_world_size())
+        return lambda model: self.score(model, loader, val_set, runtime)
+
+    def score(self, model, loader, val_set, runtime: EvalRuntime) -> dict:
+        return evaluate(model, loader, val_set.num_classes, val_set.classes, val_set.ignore_index, runtime)
+
+    def setup(self, cfg: Config, progress: bool) -> Setup:
+        train_set, val_set = build_datasets(cfg)
+        model = build_model_for(cfg, self.outputs(train_set))
+        loss = self.build_loss(cfg, train_set, progress)
+        runtime = EvalRuntime.from_config(cfg, progress=progress)
+        meta = {"classes": list(train_set.classes), "palette": [tuple(c) for c in train_set.palette]}
+        return Setup(model, loss, train_set, self.evaluator(cfg, val_set, runtime) if val_set is not None else None, meta,
+                     self.key_metric, build_batch_mix(cfg.data, ignore_index=train_set.ignore_index))
+
+    def format(self, result: dict) -> str:
+        return format_table(result) if result.get("per_class_iou") else ""
+
+    def evaluate(self, cfg: Config, checkpoints: list[str], progress: bool, backend: str | None,
+                 inference: dict) -> tuple[dict, dict]:
+        """Checkpoints (several: an ensemble averaging softmax probabilities) through the test-time options and an
+        inference backend (None: bf16 eager where native, else the exact torch backend; "auto": the fastest exact
+        one; an ensemble or an .onnx file runs as it is)."""
+        _, val_set = build_datasets(cfg, train=False)
+        require_val_set(val_set)
+        models = [configure_inference(load_for_eval(cfg, c, self.outputs(val_set)), **inference) for c in checkpoints]
+        model = models[0] if len(models) == 1 else Ensemble(models, names=checkpoints)
+        device = select_device(cfg.device)
+        model.to(device)
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        loader = eval_loader(val_set, cfg)
+        amp = cfg.train.amp
+        backend = backend or default_backend(amp, device)
+        if backend != "eager" and len(models) == 1 and getattr(model, "session", None) is None:
+            calibration = calibration_batches(cfg) if backend == "int8" else None
+            model, amp = prepare(model, backend, next(iter(loader))[0].to(device), amp, device, calibration)
+        used = getattr(model, "backend", "eager")
+        if progress:
+            print(f"inference: backend {used}" + (f", amp {amp}" if used == "eager" else ""))
+        runtime = EvalRuntime(device, amp, cfg.train.channels_last, progress)
+        result = self.score(model, loader, val_set, runtime)
+        report = {"inference": inference_spec(models[0]), "backend": used}
+        if len(checkpoints) > 1:
+            report["ensemble"] = "mean of softmax probabilities"
+        return result, report
+
+    def predict(self, checkpoints: list, inputs, out_dir, options: dict) -> str:
+        """Label maps (STEM.png), colour maps and overlays per image (``Predictor.predict_files``)."""
+        o = options
+        calibration = image_batches([o["calibration"]]) if o.get("calibration") else None
+        inference = {k: o.get(k) for k in ("scales", "merge", "flip", "window", "stride")}
+        pred = Predictor(checkpoints, device=o.get("device", "auto"), amp=o.get("amp", "auto"),
+                         backend=o.get("backend"), calibration=calibration, **inference)
+        written = pred.predict_files(inputs, out_dir, alpha=o.get("alpha", 0.5), progress=o.get("progress", True),
+                                     save_attention=o.get("save_attention", False))
+        extra = ", _attn_s*.png" if o.get("save_attention") else ""
+        return f"wrote {len(written)} label maps (+ _color.png, _overlay.jpg{extra}) to {out_dir}"
+
+
+def calibration_batches(cfg: Config, count: int = 16) -> list:
+    """``count`` training images (evenly spaced, whole, normalised as for evaluation) that calibrate int8
+    quantisation: from the training split, so the evaluated split stays unseen."""
+    images = build_dataset(cfg.data.dataset, cfg.data.train_split, root=cfg.data.root, transform=eval_transform(),
+                           **dict(cfg.data.kwargs))
+    step = max(1, len(images) // count)
+    return [images[i][0].unsqueeze(0) for i in range(0, len(images), step)[:count]]
