@@ -31,7 +31,7 @@ What each row is (``--channels`` C = 2048 by default; widths 512 and 256 fixed a
   nl_head         (extra) contextseg NonLocalHead (mmsegmentation NLHead layout, what `create_model("nonlocal")`
                   trains) without its classifier: reduce 3x3, NonLocal2d, 3x3 512 -> 512, 3x3 (C + 512) -> 512.
 
-The paper's figures (PAPER below) are those issue 3 reads from the paper's table; we could not find the paper's text
+The paper's figures (PAPER below) are those read from the paper's complexity table; we could not find the paper's text
 in the reference corpora, so the numbers, their units and the GPU model (V100 or P40; "GPU memory" in MB) are not
 verified here. What we did verify is the official measuring code: openseg.pytorch, lib/models/modules/
 {psp,aspp,base_oc,spatial_ocr}_block.py (``__main__`` blocks, run by infer_time.sh): eval mode, torch.no_grad, input
@@ -111,7 +111,7 @@ ASPP_WIDTH = 256
 NUM_REGIONS = 19  # soft object regions fed to OCR (Cityscapes classes, as the official complexity script)
 MIB = 2**20
 
-# The OCR paper's complexity table as issue 3 reads it (2048 x 128 x 128 input, batch 1, GPU): parameters (M),
+# The OCR paper's complexity table as read from the paper (2048 x 128 x 128 input, batch 1, GPU): parameters (M),
 # GPU memory (MB), GFLOPs, GPU time (ms). Not verified against the paper's text; see the module docstring.
 PAPER = {
     "ppm": {"params_m": 23.1, "mem_mb": 792, "gflops": 619, "gpu_ms": 99},

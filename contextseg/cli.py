@@ -214,10 +214,11 @@ def _predict(args) -> int:
     from .tasks import TASKS, task_for_checkpoint
 
     first = args.checkpoint[0]
-    task = TASKS["segmentation"] if is_onnx(first) else task_for_checkpoint(load_checkpoint(first))
+    loaded = None if is_onnx(first) else load_checkpoint(first)  # read once: its config names the task
+    task = TASKS["segmentation"] if loaded is None else task_for_checkpoint(loaded)
     options = dict(device=args.device, amp=args.amp, alpha=args.alpha, backend=args.backend,
                    calibration=args.calibration, save_attention=args.save_attention, progress=not args.no_progress,
-                   **_inference_kwargs(args))
+                   loaded=loaded, **_inference_kwargs(args))
     print(task.predict(args.checkpoint, args.inputs, args.out, options))
     return 0
 

@@ -1,5 +1,5 @@
-"""The package imports in one direction: no module reaches itself again through the package's own imports, counting
-imports inside functions too (a function-local import only hides a cycle)."""
+"""The package imports in one direction: no module reaches itself again through the package's own imports (counting
+imports inside functions too: a function-local import only hides a cycle), and every import follows the layers."""
 import ast
 from pathlib import Path
 
@@ -49,3 +49,29 @@ def test_no_import_cycles():
     assert len(graph) > 50
     cyclic = sorted(m for m in graph if m in reaches(graph, m))
     assert not cyclic, f"modules on an import cycle: {cyclic}"
+
+
+# The layers, lowest first: a module imports only from its own layer or below (docs/architecture.md).
+LAYERS = [
+    {"errors"},
+    {"registry", "config"},
+    {"data", "models", "visualize"},
+    {"losses", "metrics", "onnx_graph"},
+    {"engine", "export"},
+    {"tasks"},
+    {"cli", "__main__", ""},  # "": the package's own __init__ (the public API)
+]
+
+
+def layer_of(module: str) -> int:
+    name = module.split(".")[1] if "." in module else ""
+    for i, names in enumerate(LAYERS):
+        if name in names:
+            return i
+    raise AssertionError(f"{module} is in no layer: add contextseg.{name} to LAYERS and docs/architecture.md")
+
+
+def test_imports_follow_the_layers():
+    graph = import_graph()
+    upward = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets if layer_of(t) > layer_of(m))
+    assert not upward, f"imports against the layering (core -> data/models -> losses/metrics -> engine -> tasks -> cli): {upward}"

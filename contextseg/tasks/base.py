@@ -54,7 +54,8 @@ class Task:
     def predict(self, checkpoints: list, inputs, out_dir, options: dict) -> str:
         """Predict ``inputs`` (images or folders) into ``out_dir``; returns the line to print. ``checkpoints``:
         paths, or models already loaded; ``options``: the CLI's predict options (device, amp, alpha, backend,
-        calibration, save_attention, progress) and test-time ones (scales, merge, flip, window, stride)."""
+        calibration, save_attention, progress), test-time ones (scales, merge, flip, window, stride) and
+        ``loaded``, the first checkpoint as ``load_checkpoint`` returned it (so it is read once)."""
         raise NotImplementedError
 
     def evaluate_checkpoint(self, cfg: Config, checkpoints, split: str | None = None, progress: bool = True,

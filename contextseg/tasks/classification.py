@@ -87,7 +87,7 @@ class ClassificationTask(Task):
         if len(checkpoints) > 1 or any(options.get(k) not in (None, False)
                                        for k in ("scales", "merge", "flip", "window", "stride")):
             raise ContextSegError("a classification checkpoint predicts alone, without test-time options")
-        rows = predict_files(checkpoints[0], inputs, out_dir, device=options.get("device", "auto"),
+        rows = predict_files(options.get("loaded") or checkpoints[0], inputs, out_dir, device=options.get("device", "auto"),
                              amp=options.get("amp", "none"), progress=options.get("progress", True))
         return f"wrote predictions.json for {len(rows)} images to {out_dir}"
 

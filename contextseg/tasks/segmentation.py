@@ -14,6 +14,7 @@ from ..data.mix import build_batch_mix
 from ..engine import distributed as dist_utils
 from ..engine.backends import default_backend, prepare
 from ..engine.builders import build_datasets, build_model_for, eval_loader, load_for_eval
+from ..engine.checkpoint import model_from_checkpoint
 from ..engine.evaluator import EvalRuntime, evaluate
 from ..engine.predictor import Predictor, image_batches
 from ..engine.runtime import select_device
@@ -101,6 +102,8 @@ class SegmentationTask(Task):
         o = options
         calibration = image_batches([o["calibration"]]) if o.get("calibration") else None
         inference = {k: o.get(k) for k in ("scales", "merge", "flip", "window", "stride")}
+        if o.get("loaded") is not None:  # the first checkpoint, already read
+            checkpoints = [model_from_checkpoint(o["loaded"], source=str(checkpoints[0])), *checkpoints[1:]]
         pred = Predictor(checkpoints, device=o.get("device", "auto"), amp=o.get("amp", "auto"),
                          backend=o.get("backend"), calibration=calibration, **inference)
         written = pred.predict_files(inputs, out_dir, alpha=o.get("alpha", 0.5), progress=o.get("progress", True),
