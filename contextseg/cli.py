@@ -51,10 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation split")
-    e.add_argument("config")
+    e.add_argument("config", help="YAML file, or zoo:NAME (the zoo model's training config; the model itself unless "
+                                  "--checkpoint names another)")
     e.add_argument("overrides", nargs="*")
-    e.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
-                   help="a checkpoint, or several: an ensemble that averages their softmax probabilities")
+    e.add_argument("--checkpoint", nargs="+", metavar="CKPT",
+                   help="a checkpoint (or zoo:NAME), or several: an ensemble that averages their softmax "
+                        "probabilities")
     e.add_argument("--split", help="dataset split to evaluate (default: data.val_split)")
     e.add_argument("--out", metavar="JSON", help="also write the metrics as JSON")
     e.add_argument("--no-progress", action="store_true")
@@ -63,9 +65,11 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("predict", help="predict label maps and overlays for images")
     r.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    r.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
-                   help="a checkpoint, or several: an ensemble that averages their softmax probabilities "
-                        "(put the images before --checkpoint)")
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", nargs="+", metavar="CKPT",
+                       help="a checkpoint (or zoo:NAME), or several: an ensemble that averages their softmax "
+                            "probabilities (put the images before --checkpoint)")
+    which.add_argument("--model", metavar="NAME", help="a model of the zoo (`contextseg zoo` lists them)")
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--device", default="auto")
     r.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
@@ -134,6 +138,20 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("models", help="list model architectures and backbones")
+    z = sub.add_parser("zoo", help="list the trained models that ship with contextseg, with their metrics "
+                                   "(`contextseg zoo add ...` packs a trained checkpoint into the zoo)")
+    z.add_argument("--json", action="store_true", help="print the manifest entries as JSON")
+    zs = z.add_subparsers(dest="zoo_command")
+    za = zs.add_parser("add", help="pack a checkpoint as a zoo model: safetensors (float16 when the key metric moves "
+                                   "< 0.1 point), metrics, samples; see contextseg/zoo_pack.py")
+    za.add_argument("name", help="the zoo name, e.g. camvid-ocr")
+    za.add_argument("--checkpoint", required=True, metavar="CKPT")
+    za.add_argument("--config", required=True, help="the config it was trained with")
+    za.add_argument("overrides", nargs="*", help="the key=value overrides it was trained with")
+    za.add_argument("--command", dest="train_command", help="the exact training command (default: contextseg train CONFIG OVERRIDES)")
+    za.add_argument("--samples", type=int, default=4, help="validation images shipped with it (default 4; "
+                                                          "classification: one per class)")
+    za.add_argument("--half", choices=["auto", "yes", "no"], default="auto")
 
     v = sub.add_parser("env", help="this machine as speed figures need it: CPU, instruction sets, threads, the "
                                    "precision amp=auto picks, inference backends, measured conv GFLOP/s")
@@ -172,8 +190,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config(args):
-    from .config import load_config
+    from .config import config_from_dict, load_config, parse_overrides
+    from .engine.zoo import entry, is_zoo
 
+    if is_zoo(args.config):  # the zoo model's training config, then the overrides
+        values = entry(args.config)["config"]
+        for section, items in parse_overrides(args.overrides).items():
+            values[section] = {**values.get(section, {}), **items} if isinstance(items, dict) else items
+        return config_from_dict(values)
     return load_config(args.config, args.overrides)
 
 
@@ -199,10 +223,16 @@ def _eval(args) -> int:
     from .tasks import task_for
 
     # `--checkpoint A.pt B.pt key=value`: key=value words after the checkpoints are overrides
-    moved = [c for c in args.checkpoint if "=" in c and not os.path.exists(c)]
+    given = args.checkpoint or []
+    moved = [c for c in given if "=" in c and not os.path.exists(c)]
     args.overrides = [*args.overrides, *moved]
     cfg = _config(args)
-    checkpoints = [c for c in args.checkpoint if c not in moved]
+    checkpoints = [c for c in given if c not in moved]
+    if not checkpoints:
+        if not args.config.startswith("zoo:"):
+            raise ContextSegError("no checkpoint given; pass --checkpoint A.pt (or zoo:NAME), or evaluate a zoo "
+                                  "model with `contextseg eval zoo:NAME`")
+        checkpoints = [args.config]
     task_for(cfg).evaluate_checkpoint(cfg, checkpoints, split=args.split, progress=not args.no_progress,
                                       out=args.out, backend=args.backend, **_inference_kwargs(args))
     return 0
@@ -213,6 +243,8 @@ def _predict(args) -> int:
     from .onnx_graph import is_onnx
     from .tasks import TASKS, task_for_checkpoint
 
+    if args.model:
+        args.checkpoint = [args.model if args.model.startswith("zoo:") else f"zoo:{args.model}"]
     first = args.checkpoint[0]
     loaded = None if is_onnx(first) else load_checkpoint(first)  # read once: its config names the task
     task = TASKS["segmentation"] if loaded is None else task_for_checkpoint(loaded)
@@ -246,6 +278,25 @@ def _doctor(args) -> int:
                         batch_size=args.batch_size, data_samples=args.data_samples, lr_range=args.lr_range,
                         progress=not args.no_progress)
     return 1 if report["overall"] == "FAIL" else 0
+
+
+def _zoo(args) -> int:
+    import json
+
+    from .engine.zoo import format_zoo, manifest
+
+    if args.zoo_command == "add":
+        from .zoo_pack import add_to_zoo
+
+        e = add_to_zoo(args.name, args.checkpoint, args.config, args.overrides, command=args.train_command,
+                       samples=args.samples, half=args.half)
+        print(f"added {e['name']}: {e['headline']} ({e['dtype']}, {e['size_mb']} MB; float16 changes "
+              f"{e['key_metric']} by {100 * e['float16_change']:+.3f} points); on its {e['samples']['root']}: "
+              f"{e['samples']['metrics']}")
+        return 0
+    models = manifest()
+    print(json.dumps(list(models.values()), indent=2) if args.json else format_zoo(models))
+    return 0
 
 
 def _models(args) -> int:
@@ -287,7 +338,7 @@ def _refuse_classifier(model: str, command: str) -> None:
     from .registry import CLASSIFIERS
     from .tasks import task_for_checkpoint
 
-    if Path(model).is_file():
+    if Path(model).is_file() or model.startswith("zoo:"):
         classifier = not is_onnx(model) and task_for_checkpoint(load_checkpoint(model)).name == "classification"
     else:
         classifier = model.split(":", 1)[0] in CLASSIFIERS
@@ -306,7 +357,7 @@ def _bench(args) -> int:
     from pathlib import Path
 
     _refuse_classifier(args.model, "bench")
-    if Path(args.model).suffix.lower() in (".pt", ".pth") or Path(args.model).is_file():
+    if Path(args.model).suffix.lower() in (".pt", ".pth") or Path(args.model).is_file() or args.model.startswith("zoo:"):
         model = load_model(args.model)
     elif ":" in args.model:
         arch, backbone = args.model.split(":", 1)
@@ -346,7 +397,7 @@ def _bench_val(args, rows: list) -> None:
     from .config import load_config
     from .tasks import task_for
 
-    if not Path(args.model).is_file():
+    if not (Path(args.model).is_file() or args.model.startswith("zoo:")):
         raise ContextSegError("--val evaluates a checkpoint file; ARCH:BACKBONE models are untrained")
     cfg = load_config(args.val, ["train.amp=none"])
     ran = {r["mode"] for r in rows if r["kind"] == "infer" and "skipped" not in r}
@@ -363,7 +414,7 @@ def _bench_val(args, rows: list) -> None:
 
 
 COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "pseudo-labels": _pseudo_labels, "doctor": _doctor,
-            "models": _models, "env": _env, "export": _export, "bench": _bench}
+            "models": _models, "zoo": _zoo, "env": _env, "export": _export, "bench": _bench}
 
 
 if __name__ == "__main__":  # python -m contextseg.cli ... (as python -m contextseg ...)

@@ -59,7 +59,7 @@ LAYERS = [
     {"losses", "metrics", "onnx_graph"},
     {"engine", "export"},
     {"tasks"},
-    {"cli", "__main__", ""},  # "": the package's own __init__ (the public API)
+    {"cli", "__main__", "zoo_pack", ""},  # "": the package's own __init__ (the public API)
 ]
 
 

@@ -19,6 +19,7 @@ from ..errors import ContextSegError
 from ..models import create_model
 from ..models.resize import LEGACY_ALIGN_CORNERS
 from ..onnx_graph import OnnxModel, is_onnx
+from .zoo import is_zoo, zoo_checkpoint
 
 FORMAT = "contextseg-checkpoint-v1"
 
@@ -62,6 +63,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """A contextseg checkpoint (read with ``weights_only``), or a zoo model ("zoo:NAME") as one."""
+    if is_zoo(path):
+        return zoo_checkpoint(path)
     path = Path(path)
     if not path.is_file():
         raise ContextSegError(f"checkpoint {str(path)!r} not found (train one with `contextseg train CONFIG`; "
