@@ -88,3 +88,13 @@ def test_torchvision_vgg16_file_loads(tmp_path):
     model = load_official(tmp_path / "vgg16-397923af.pth", "pfa", "vgg16", num_classes=1)
     assert model.loaded_parts == "backbone"
     assert torch.equal(model.backbone.features[28].weight, src.features[28].weight)
+
+
+def test_vgg_width_multiplier_keeps_the_taps_with_fewer_parameters():
+    half = create_model("pfa", backbone="vgg16_bn", num_classes=1, width_mult=0.5)
+    assert sum(p.numel() for p in half.backbone.parameters()) == 3_684_384
+    assert half.backbone.out_channels == [32, 64, 128, 256, 256]
+    assert half(torch.randn(1, 3, 40, 56))["out"].shape == (1, 1, 40, 56)
+    assert create_model("pfa", backbone="vgg16_bn", num_classes=1).backbone.out_channels == [64, 128, 256, 512, 512]
+    with pytest.raises(ContextSegError, match="width_mult"):
+        create_model("pfa", backbone="vgg16_bn", num_classes=1, width_mult=0)
