@@ -98,3 +98,21 @@ def test_vgg_width_multiplier_keeps_the_taps_with_fewer_parameters():
     assert create_model("pfa", backbone="vgg16_bn", num_classes=1).backbone.out_channels == [64, 128, 256, 512, 512]
     with pytest.raises(ContextSegError, match="width_mult"):
         create_model("pfa", backbone="vgg16_bn", num_classes=1, width_mult=0)
+
+
+def test_pfa_attention_ablations_drop_exactly_their_module():
+    full = create_model("pfa", backbone="vgg16_bn", num_classes=1)
+    no_ca = create_model("pfa", backbone="vgg16_bn", num_classes=1, channel_attention=False)
+    no_sa = create_model("pfa", backbone="vgg16_bn", num_classes=1, spatial_attention=False)
+    count = lambda m: sum(p.numel() for p in m.head.parameters())  # noqa: E731
+    ca = sum(p.numel() for p in full.head.channel_attention.parameters())
+    sa = sum(p.numel() for p in full.head.spatial_attention.parameters())
+    assert (count(full) - count(no_ca), count(full) - count(no_sa)) == (ca, sa)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 40, 40)
+    no_sa.load_state_dict({k: v for k, v in full.state_dict().items() if "spatial_attention" not in k})
+    full.eval(), no_sa.eval()
+    head = full.head
+    with torch.no_grad():  # without SA the low-level branch is not reweighted: the same as SA returning ones
+        head.spatial_attention.forward = lambda h: torch.ones_like(h[:, :1])
+        assert torch.allclose(full(x)["out"], no_sa(x)["out"], atol=1e-6)

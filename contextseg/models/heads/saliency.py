@@ -51,12 +51,16 @@ class PFAHead(DecodeHead):
     (default True, as the official Keras ``BilinearUpsampling`` layer). The official
     Keras code adds an L1 activity regulariser on the CA weights; it is not in the paper and not here. "pfa" in
     ``HEADS`` (num_classes=1: one saliency logit per pixel).
+
+    Ablations (the paper's Sec. 4.3 study of its two attention modules): ``channel_attention=False`` drops CA
+    (h is used as it is), ``spatial_attention=False`` drops SA (l is not reweighted); both True is the paper's network.
     """
 
     feat_module = "fuse"  # its input is the penultimate representation (Segmentor(..., return_feat=True))
     backbone_options = ()
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int = 1, width: int = 32, channels: int = 64):
+    def __init__(self, in_channels: Sequence[int], num_classes: int = 1, width: int = 32, channels: int = 64,
+                 channel_attention: bool = True, spatial_attention: bool = True):
         in_channels = list(in_channels)
         if len(in_channels) != 5:
             raise ContextSegError(f"PFAHead needs the five VGG-16 taps (conv1_2 ... conv5_3), got a backbone with "
@@ -67,9 +71,9 @@ class PFAHead(DecodeHead):
         self.c2_conv = conv_bn_relu(in_channels[1], channels, 3, bias=True)
         self.cpfe = nn.ModuleList(CPFE(c, width) for c in in_channels[2:])
         high = 3 * 4 * width
-        self.channel_attention = SEBlock(high, reduction=4)
+        self.channel_attention = SEBlock(high, reduction=4) if channel_attention else nn.Identity()
         self.c345_conv = conv_bn_relu(high, channels, 1, bias=True)
-        self.spatial_attention = SpatialAttention(channels)
+        self.spatial_attention = SpatialAttention(channels) if spatial_attention else None
         self.c12_conv = conv_bn_relu(2 * channels, channels, 3, bias=True)
         self.fuse = nn.Conv2d(2 * channels, num_classes, 3, padding=1)
 
@@ -82,5 +86,7 @@ class PFAHead(DecodeHead):
         high = torch.cat([pyramid[0]] + [resize(p, size0, ac) for p in pyramid[1:]], dim=1)
         high = resize(self.c345_conv(self.channel_attention(high)), size1, ac)
         low = torch.cat([self.c1_conv(c1), resize(self.c2_conv(c2), size1, ac)], dim=1)
-        low = self.c12_conv(low) * self.spatial_attention(high)
+        low = self.c12_conv(low)
+        if self.spatial_attention is not None:
+            low = low * self.spatial_attention(high)
         return {"out": self.fuse(torch.cat([low, high], dim=1))}
