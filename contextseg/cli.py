@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=int, metavar="N",
                    help="train with N processes (DistributedDataParallel; one per GPU, or gloo on the CPU), as "
                         "`torchrun --standalone --nproc_per_node=N -m contextseg train ...`; data.batch_size is per process")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in output_dir (its checkpoints, "
+                   "metrics and summary are deleted first); without it such an output_dir is refused")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation split")
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         if "Original Traceback" in message:  # raised inside a DataLoader worker: keep the message only
             message = message.splitlines()[-1].split("ContextSegError: ", 1)[-1]
         print(f"contextseg {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
 
 
 def _config(args):
@@ -209,9 +211,9 @@ def _train(args) -> int:
         from .engine.distributed import launch
 
         worker_argv = ["train", args.config, *args.overrides, *(["--resume", args.resume] if args.resume else []),
-                       *(["--no-progress"] if args.no_progress else [])]
+                       *(["--overwrite"] if args.overwrite else []), *(["--no-progress"] if args.no_progress else [])]
         return launch(args.nproc, worker_argv)
-    summary = run_training(cfg, resume=args.resume, progress=not args.no_progress)
+    summary = run_training(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # a distributed worker: rank 0 reports
         return 0
     print(f"done: {summary['step']} steps in {summary['train_seconds']:.0f} s; "

@@ -6,3 +6,9 @@ The CLI prints these as a single line and exits with status 2; everything else i
 
 class ContextSegError(Exception):
     """A user-facing error: the message names the problem and the fix."""
+
+
+class Interrupted(ContextSegError):
+    """Training stopped by Ctrl-C after saving a checkpoint; the CLI exits with 130 (128 + SIGINT)."""
+
+    exit_code = 130

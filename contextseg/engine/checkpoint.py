@@ -25,20 +25,44 @@ FORMAT = "contextseg-checkpoint-v1"
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temp file beside `path`, then rename: a crash never leaves a half-written file."""
+    """torch.save to a temp file beside `path`, then rename: a crash never leaves a half-written file. A full disk
+    or a folder that cannot be written is one ContextSegError naming the path (the earlier file stays intact)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) or "unexpected pos" in str(exc) or "file write failed" in str(exc):
+            raise write_error(path, exc) from None  # torch reports a full disk as "unexpected pos ..."
         raise
+
+
+def write_error(path: Path, exc: BaseException) -> ContextSegError:
+    """One line for a file that cannot be written: full disk, no permission, a file where a folder should be."""
+    reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+    if "unexpected pos" in str(exc) or "file write failed" in str(exc) or getattr(exc, "errno", None) == 28:
+        reason = "no space left on the device"
+    keep = " (the previous one is intact)" if path.exists() else ""
+    return ContextSegError(f"cannot write {str(path)!r}: {reason}{keep}; free space, fix the folder's permissions "
+                           f"or choose another output folder")
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files a killed atomic_save left in ``folder``; returns them."""
+    stale = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def rng_state() -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import torch
 
 from ..errors import ContextSegError
 from . import distributed as dist_utils
-from .checkpoint import atomic_save, load_checkpoint, load_state_dict_checked, rng_state, set_rng_state
+from .checkpoint import (atomic_save, load_checkpoint, load_state_dict_checked, remove_stale_temps, rng_state,
+                         set_rng_state, write_error)
 from .runtime import jsonable, seed_rank
 
 FORMAT = "contextseg-checkpoint-v1"
@@ -102,3 +104,32 @@ def _gather_rng_states() -> list:
     buf = io.BytesIO()
     torch.save(rng_state(), buf)
     return [torch.load(io.BytesIO(b), weights_only=True) for b in dist_utils.all_gather_object(buf.getvalue())]
+
+
+RUN_FILES = ("last.pt", "best.pt", "summary.json", "metrics.jsonl")
+
+
+def prepare_output_dir(cfg, resume: str | None = None, overwrite: bool = False) -> Path:
+    """Check OUTPUT_DIR before a run writes into it: a folder (not a file) that can be written, holding no earlier
+    run unless the run resumes (``resume``) or replaces it (``overwrite``: its run files are deleted now). Stale
+    temp files of a killed save are removed. Returns the folder."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ContextSegError(f"output_dir {str(out)!r} is a file; choose a folder: output_dir=runs/NAME")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not resume and not overwrite:
+        raise ContextSegError(f"output_dir {str(out)!r} holds a run ({', '.join(held)}); continue it with "
+                              f"--resume {out / 'last.pt'}, replace it with --overwrite, or train into another "
+                              f"output_dir=...")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_probe_{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise write_error(out / "last.pt", exc) from None
+    remove_stale_temps(out)
+    if overwrite and not resume and dist_utils.is_main():
+        for name in held:
+            (out / name).unlink()
+    return out

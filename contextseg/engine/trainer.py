@@ -19,6 +19,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import Config, save_config
-from ..errors import ContextSegError
+from ..errors import ContextSegError, Interrupted
 from ..models.resize import align_corners_of, set_align_corners
 from ..visualize import plot_curves
 from . import distributed as dist_utils
@@ -247,8 +250,13 @@ class Trainer:
         start_step = self.step
         bad_steps = 0
         batches = self.batches()
+        interrupt = StopOnInterrupt(enabled=self.world == 1)
         try:
             while self.step < t.iters and (stop_at is None or self.step < stop_at):
+                if interrupt.requested:  # Ctrl-C: stop between steps with a checkpoint of this step
+                    path = self.save("last.pt")
+                    raise Interrupted(f"interrupted at step {self.step} of {t.iters}: saved {path}; continue with "
+                                      f"the same command and --resume {path}")
                 compiled = self.train_model is not self.eager_train_model and self.step == start_step
                 losses, took = self._compiled_step(batches) if compiled else self.train_step(batches)
                 if took:
@@ -285,6 +293,7 @@ class Trainer:
                 elif stop_at is not None and self.step >= stop_at:
                     self.save("last.pt")
         finally:
+            interrupt.restore()
             batches.close()  # ends the loader iterator (and its workers)
             bar.close()
         if self.step == start_step and self.evaluate_fn is None:
@@ -299,6 +308,30 @@ class Trainer:
             write_json(self.out_dir / "summary.json", summary)
         dist_utils.barrier()
         return summary
+
+
+class StopOnInterrupt:
+    """SIGINT (Ctrl-C) during training: the first one asks the loop to stop after the current step (it then saves
+    last.pt and raises Interrupted); a second one stops at once. Only in a single-process run's main thread (a
+    distributed run keeps the default: torchrun stops every rank)."""
+
+    def __init__(self, enabled: bool = True):
+        self.requested = False
+        self.previous = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: stopping after this step and saving last.pt (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 def _to_device(x, device):

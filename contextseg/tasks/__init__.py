@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..config import Config, config_from_dict
 from ..engine import distributed as dist_utils
+from ..engine.checkpointer import prepare_output_dir
 from ..engine.runtime import seed_everything
 from ..engine.trainer import Trainer
 from ..errors import ContextSegError
@@ -67,15 +68,18 @@ def evaluate_checkpoint(cfg: Config, checkpoints, **kwargs) -> dict:
     return task_for(cfg).evaluate_checkpoint(cfg, checkpoints, **kwargs)
 
 
-def run_training(cfg: Config, resume: str | None = None, progress: bool = True, stop_at: int | None = None) -> dict:
+def run_training(cfg: Config, resume: str | None = None, progress: bool = True, stop_at: int | None = None,
+                 overwrite: bool = False) -> dict:
     """Train as ``cfg`` says; returns the summary written to OUTPUT_DIR/summary.json.
 
     Launched by torchrun (WORLD_SIZE > 1 in the environment) this runs in every process: it joins the process
     group (NCCL on CUDA, gloo on the CPU), trains with DistributedDataParallel on data.batch_size samples per
     process, evaluates each rank's shard of the validation set and sums the counts; rank 0 writes the files. The
-    group is destroyed at the end. ``stop_at``: pause after that step, writing last.pt (time-boxed runs)."""
+    group is destroyed at the end. ``stop_at``: pause after that step, writing last.pt (time-boxed runs). An
+    OUTPUT_DIR that holds a run is refused unless ``resume`` continues it or ``overwrite`` replaces it."""
     task = task_for(cfg)
     task.check(cfg)
+    prepare_output_dir(cfg, resume, overwrite)
     cfg.task = task.name  # the run's config.yaml and checkpoints name their task
     owns_group = dist_utils.init_distributed(cfg.device)
     ok = False

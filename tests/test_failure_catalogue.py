@@ -1,0 +1,123 @@
+"""The bad-input and fault catalogue (docs/reliability.md): for each case the exit status, one line that names the
+problem and the fix, no traceback, and the files that must survive (inputs, labels, earlier runs) unchanged by hash.
+"""
+import hashlib
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contextseg.cli import main
+from contextseg.engine import trainer as trainer_module
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = str(ROOT / "configs" / "synthetic_fcn.yaml")
+TINY = ["data.kwargs={num_samples: 16, size: [64, 64]}", "data.crop_size=[64,64]", "data.batch_size=4",
+        "data.num_workers=0", "train.iters=4", "train.eval_interval=2", "train.log_interval=1", "train.amp=none"]
+
+
+def digests(*paths) -> dict:
+    out = {}
+    for p in paths:
+        p = Path(p)
+        for f in sorted(p.rglob("*") if p.is_dir() else [p]):
+            if f.is_file():
+                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def one_clear_line(err: str, *words: str) -> None:
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("contextseg ")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", CFG, *TINY, f"output_dir={out}", "--no-progress"]) == 0
+    return out
+
+
+def test_train_refuses_a_folder_that_holds_a_run(trained_run, capsys):
+    before = digests(trained_run)
+    code, err = run_cli(capsys, "train", CFG, *TINY, f"output_dir={trained_run}", "--no-progress")
+    assert code == 2
+    one_clear_line(err, "holds a run", "--resume", "--overwrite")
+    assert digests(trained_run) == before
+
+
+def test_train_overwrite_replaces_the_run(trained_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    os.system(f"cp -r {trained_run} {copy}")
+    (copy / "best.pt").write_bytes(b"old")
+    assert main(["train", CFG, *TINY, f"output_dir={copy}", "--overwrite", "--no-progress"]) == 0
+    assert torch.load(copy / "best.pt", weights_only=True)["step"] in (2, 4)
+
+
+def test_train_into_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "not_a_dir"
+    target.write_text("keep me")
+    code, err = run_cli(capsys, "train", CFG, *TINY, f"output_dir={target}", "--no-progress")
+    assert code == 2
+    one_clear_line(err, "is a file")
+    assert target.read_text() == "keep me"
+
+
+def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(["train", CFG, *TINY, f"output_dir={out}", "--no-progress"]) == 0
+    before = digests(out / "last.pt")
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed, unexpected pos 123")
+
+    monkeypatch.setattr(torch, "save", full)
+    code, err = run_cli(capsys, "train", CFG, *TINY, "train.iters=6", f"output_dir={out}", "--resume",
+                        out / "last.pt", "--no-progress")
+    assert code == 2
+    one_clear_line(err, "no space left", "last.pt")
+    assert digests(out / "last.pt") == before
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_names_the_resume(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    original = trainer_module.Trainer.train_step
+
+    def step_then_interrupt(self, batches):
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the handler asks to stop after this step
+        return original(self, batches)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", step_then_interrupt)
+    code, err = run_cli(capsys, "train", CFG, *TINY, f"output_dir={out}", "--no-progress")
+    assert code == 130
+    one_clear_line(err, "interrupted at step 2", "--resume")
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", original)
+    assert main(["train", CFG, *TINY, f"output_dir={out}", "--resume", str(out / "last.pt"), "--no-progress"]) == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_stale_temp_files_of_a_killed_save_are_cleaned(trained_run, tmp_path):
+    out = tmp_path / "run"
+    os.system(f"cp -r {trained_run} {out}")
+    stale = out / ".last.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    assert main(["train", CFG, *TINY, "train.iters=6", f"output_dir={out}", "--resume", str(out / "last.pt"),
+                 "--no-progress"]) == 0
+    assert not stale.exists()
