@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,20 @@ class Config:
         return dataclasses.asdict(self)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ContextSegError(f"config key {key!r} is given twice (line {key_node.start_mark.line + 1}); "
+                                      f"keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _unknown_key(key: str, known: list[str], where: str) -> ContextSegError:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -191,12 +206,64 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ContextSegError(f"config file {str(path)!r} not found (see configs/ for examples)")
         with open(path) as f:
             try:
-                values = yaml.safe_load(f) or {}
+                values = yaml.load(f, Loader=_UniqueKeyLoader) or {}
             except yaml.YAMLError as exc:
                 raise ContextSegError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
         _merge(cfg, values)
     _merge(cfg, parse_overrides(overrides or []))
     return validate(cfg)
+
+
+# numeric fields: (section.key, lowest allowed value, whether the lowest is allowed, the fix)
+RANGES = [
+    ("train.iters", 1, True, "the number of optimizer steps"),
+    ("train.lr", 0, False, "a learning rate such as 0.01"),
+    ("train.momentum", 0, True, "in [0, 1), e.g. 0.9"),
+    ("train.weight_decay", 0, True, "e.g. 5e-4, or 0"),
+    ("train.warmup_iters", 0, True, "steps of linear warm-up, or 0"),
+    ("train.warmup_ratio", 0, True, "the warm-up's first lr as a fraction of lr, e.g. 0.1"),
+    ("train.poly_power", 0, True, "e.g. 0.9"),
+    ("train.min_lr", 0, True, "e.g. 0"),
+    ("train.eval_interval", 1, True, "evaluate every N steps, e.g. 200"),
+    ("train.log_interval", 1, True, "log every N steps, e.g. 20"),
+    ("train.checkpoint_interval", 1, True, "write last.pt every N steps, e.g. 200"),
+    ("train.grad_clip", 0, False, "a maximum gradient norm such as 1.0, or null for none"),
+    ("train.accumulate", 1, True, "batches per optimizer step, e.g. 1"),
+    ("data.batch_size", 1, True, "samples per step and process, e.g. 8"),
+    ("data.eval_batch_size", 1, True, "images per evaluation batch, e.g. 1"),
+    ("data.num_workers", -1, True, "DataLoader workers, or -1 for auto"),
+    ("data.mix_prob", 0, True, "a probability in [0, 1]"),
+    ("model.in_channels", 1, True, "3 for RGB images"),
+    ("model.num_classes", 1, True, "the number of classes, or null to take the dataset's"),
+    ("seed", 0, True, "a non-negative integer"),
+]
+
+
+def _check_ranges(cfg: Config) -> None:
+    for path, low, inclusive, fix in RANGES:
+        node = cfg
+        for part in path.split("."):
+            node = getattr(node, part)
+        if node is None:
+            continue
+        if isinstance(node, bool) or not isinstance(node, (int, float)):
+            raise ContextSegError(f"{path}={node!r} must be a number ({fix})")
+        bad = isinstance(node, float) and not math.isfinite(node)
+        bad = bad or (node < low if inclusive else node <= low)
+        if bad:
+            relation = ">=" if inclusive else ">"
+            raise ContextSegError(f"{path}={node!r} is out of range: it must be {relation} {low} ({fix})")
+    if cfg.train.momentum >= 1:
+        raise ContextSegError(f"train.momentum={cfg.train.momentum} must be below 1 (e.g. 0.9)")
+    if cfg.data.mix_prob > 1:
+        raise ContextSegError(f"data.mix_prob={cfg.data.mix_prob} is a probability in [0, 1]")
+    sizes = [*cfg.data.crop_size, *cfg.data.scale_range]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0 for v in sizes):
+        raise ContextSegError(f"data.crop_size {cfg.data.crop_size} and data.scale_range {cfg.data.scale_range} must "
+                              f"hold positive numbers, e.g. crop_size [512, 512], scale_range [0.5, 2.0]")
+    if cfg.data.scale_range[0] > cfg.data.scale_range[1]:
+        raise ContextSegError(f"data.scale_range {cfg.data.scale_range} is [min, max]: the first must not exceed "
+                              f"the second")
 
 
 def validate(cfg: Config) -> Config:
@@ -205,24 +272,15 @@ def validate(cfg: Config) -> Config:
         raise ContextSegError(f"train.optimizer must be 'sgd' or 'adamw', got {t.optimizer!r}")
     if t.amp not in ("auto", "none", "bf16", "fp16"):
         raise ContextSegError(f"train.amp must be 'auto', 'none', 'bf16' or 'fp16', got {t.amp!r}")
-    if t.iters < 1 or t.lr <= 0:
-        raise ContextSegError("train.iters must be >= 1 and train.lr > 0")
     if len(d.crop_size) != 2 or len(d.scale_range) != 2:
         raise ContextSegError("data.crop_size is [H, W] and data.scale_range is [min, max]")
-    if d.batch_size < 1:
-        raise ContextSegError("data.batch_size must be >= 1")
-    if d.num_workers < -1:
-        raise ContextSegError(f"data.num_workers is a count of worker processes, or -1 for auto; got {d.num_workers}")
-    if t.accumulate < 1:
-        raise ContextSegError(f"train.accumulate (batches per optimizer step) must be >= 1, got {t.accumulate}")
+    _check_ranges(cfg)
     if d.mix not in ("none", "cutmix", "copy_paste"):
         raise ContextSegError(f"data.mix must be 'none', 'cutmix' or 'copy_paste', got {d.mix!r}")
     w = cfg.loss.weights
     if w is not None and (not isinstance(w, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float))
                                                          for v in w.values())):
         raise ContextSegError(f"loss.weights maps output names to numbers, e.g. {{out: 1.0, aux: 0.4}}; got {w!r}")
-    if not 0.0 <= d.mix_prob <= 1.0:
-        raise ContextSegError(f"data.mix_prob is a probability in [0, 1], got {d.mix_prob}")
     return cfg
 
 
