@@ -130,3 +130,139 @@ def test_only_runs_add_rows_to_the_table(tmp_path):
     assert [(r["name"], r["mIoU"]) for r in rows] == [("fcn", 0.35), ("ocr", 0.4), ("danet", 0.5)]
     other = SimpleNamespace(suite="heads", base="b.yaml", overrides=["train.iters=1000"])  # another budget: not mixed
     assert compare._with_earlier_rows(path, other, [{"name": "danet"}], order) == [{"name": "danet"}]
+
+
+# ----------------------------------------------------------------------------- seeds, aggregates, verdicts, curves
+
+
+def test_seed_runs_get_their_own_dirs_and_seed_override(tmp_path, monkeypatch, capsys):
+    base = compare.load_config(BASE)
+    exps = [e for e in compare.suite_experiments("heads", base) if e.name in ("fcn", "ocr")]
+    runs = compare.plan_runs("heads", exps, [0, 2], 0, ["train.iters=5"], tmp_path)
+    assert [r.key for r in runs] == ["fcn", "fcn@seed2", "ocr", "ocr@seed2"]
+    assert [r.run_dir for r in runs] == [tmp_path / "heads" / k for k in ("fcn", "fcn@seed2", "ocr", "ocr@seed2")]
+    assert runs[0].overrides == ["model.arch=fcn", "train.iters=5", f"output_dir={tmp_path / 'heads' / 'fcn'}",
+                                 "name=compare_heads_fcn"]  # the base seed: today's run, reused as it is
+    assert "seed=2" in runs[1].overrides and "seed=2" not in runs[2].overrides
+    assert compare.load_config(BASE, runs[1].overrides).seed == 2
+    # --list with the default base of the suite; overrides after the seeds stay overrides
+    monkeypatch.chdir(ROOT)
+    assert compare.main(["saol", "--list", "--seeds", "0", "1", "train.iters=10"]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split()[0]: next_ln for ln, next_ln in zip(out.splitlines(), out.splitlines()[1:])
+             if not ln.startswith(" ")}
+    assert list(lines) == [f"{n}{s}" for n in ("gap", "saol", "saol_no_ss", "saol_no_sd", "saol_ce")
+                           for s in ("", "@seed1")]
+    assert "configs/cifar10/saol_resnet20.yaml" in lines["gap"] and "train.iters=10" in lines["gap@seed1"]
+    assert " seed=1 " in lines["gap@seed1"] and "output_dir=runs/compare/saol/gap@seed1" in lines["gap@seed1"]
+    assert "seed=" not in lines["gap"]
+
+
+def test_verdict_decides_only_beyond_the_seed_spread():
+    assert compare.verdict([0.50, 0.52], [0.40, 0.41]) == "better by 10.50 (holds)"
+    assert compare.verdict([0.40, 0.41], [0.50, 0.52]) == "worse by 10.50 (does not hold)"
+    assert compare.verdict([0.50, 0.54], [0.49, 0.50]) == "undecided (|d| 2.50 within the seed spread 4.00)"
+    assert compare.verdict([0.49, 0.50], [0.50, 0.54]) == "undecided (|d| 2.50 within the seed spread 4.00)"
+    assert compare.verdict([0.90], [0.40, 0.41]) == "undecided (one seed)"
+    assert compare.verdict([0.90, 0.91], [0.40]) == "undecided (one seed)"
+
+
+def test_curve_flat_rule(tmp_path):
+    flat = [[100, .30], [200, .50], [300, .60], [400, .605], [500, .61], [600, .612]]  # last 0.612, 400..500 0.6075
+    assert compare.curve_change(flat) == pytest.approx(0.612 - 0.6075)
+    assert compare.curve_state(compare.curve_change(flat)) == "flat"
+    assert compare.curve_state(compare.curve_change([[100, .3], [200, .4], [300, .5]])) == "still rising"
+    assert compare.curve_change([[1000, .5], [2000, .7]]) == pytest.approx(0.2)  # none in the window: the previous
+    assert compare.curve_state(compare.curve_change([[100, .5], [200, .6], [300, .45]])) == "falling"
+    assert compare.curve_state(compare.curve_change([[100, .5]])) == "one evaluation"
+    assert compare.curve_state(0.01) == "flat" and compare.curve_state(0.0101) == "still rising"
+    log = tmp_path / "metrics.jsonl"
+    records = [{"kind": "train", "step": 2, "loss": 1.0}, {"kind": "val", "step": 2, "top1": 0.1},
+               {"kind": "val", "step": 2, "top1": 0.2},  # evaluated again after a resume: the later one counts
+               {"kind": "val", "step": 4, "top1": 0.3}, {"kind": "val", "step": 6, "mIoU": 0.9}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert compare.curve_from_log(log, "top1") == [[2, 0.2], [4, 0.3]]
+
+
+def test_aggregate_over_seeds_with_verdicts():
+    rows = [
+        {"name": "fcn", "seed": 0, "status": "trained", "value": 0.40, "s_per_iter": 1.0, "curve_change": 0.001},
+        {"name": "fcn", "seed": 1, "status": "trained", "value": 0.42, "s_per_iter": 3.0, "curve_change": -0.002},
+        {"name": "ocr", "seed": 0, "status": "trained", "value": 0.50, "curve_change": 0.05},
+        {"name": "ocr", "seed": 1, "status": "reused", "value": 0.52, "curve_change": 0.0},
+        {"name": "psp", "status": "skipped (done)", "mIoU": 0.45},  # a row written before seeds
+        {"name": "psp", "seed": 1, "status": "failed"},
+    ]
+    agg = {g["name"]: g for g in compare.aggregate(rows, ["fcn", "psp", "ocr"], "fcn", "mIoU")}
+    assert list(agg) == ["fcn", "psp", "ocr"]
+    fcn, psp, ocr = agg["fcn"], agg["psp"], agg["ocr"]
+    assert (fcn["n"], fcn["seeds"], fcn["min"], fcn["max"]) == (2, [0, 1], 0.40, 0.42)
+    assert fcn["mean"] == pytest.approx(0.41) and fcn["std"] == pytest.approx(0.02 ** 0.5 / 10)
+    assert fcn["s_per_iter"] == 2.0 and fcn["curve"] == "flat" and fcn["verdict"] == "baseline"
+    assert (psp["n"], psp["mean"], psp["std"], psp["verdict"], psp["curve"]) == (1, 0.45, None,
+                                                                                   "undecided (one seed)", "-")
+    assert ocr["verdict"] == "better by 10.00 (holds)" and ocr["curve"] == "seed 0 still rising (+5.0)"
+    assert compare.aggregate(rows[2:4], ["fcn", "ocr"], "fcn", "mIoU")[0]["verdict"] == "- (no fcn run)"
+    md = "\n".join(compare.aggregate_markdown(list(agg.values()), "mIoU", "fcn"))
+    assert "| ocr | 2 | 0, 1 | **51.00** | 50.00..52.00 | 1.41 | - | seed 0 still rising (+5.0) | better by" in md
+
+
+def test_saol_and_pfa_suites_load_as_configs():
+    from contextseg.losses.saol import build_classification_loss
+
+    for suite in compare.SUITES:
+        assert (ROOT / compare.DEFAULT_BASE[suite]).is_file()
+        base = compare.load_config(ROOT / compare.DEFAULT_BASE[suite]) if suite in ("saol", "pfa") else \
+            compare.load_config(BASE)
+        assert compare.BASELINE[suite] in [e.name for e in compare.suite_experiments(suite, base)]
+    saol_path = ROOT / compare.DEFAULT_BASE["saol"]
+    terms = {"gap": {"out"}, "saol": {"out", "attention", "spatial_logits", "gap"}, "saol_no_ss": {"out", "gap"},
+             "saol_no_sd": {"out", "attention", "spatial_logits"}, "saol_ce": {"out"}}
+    exps = compare.suite_experiments("saol", compare.load_config(saol_path))
+    assert [e.name for e in exps] == list(terms)
+    for e in exps:
+        cfg = compare.load_config(saol_path, e.overrides)
+        loss = build_classification_loss(cfg.loss.name, cfg.loss.weights, **cfg.loss.kwargs)
+        assert set(loss.weights) == terms[e.name] and cfg.model.arch == ("gap" if e.name == "gap" else "saol")
+        assert loss.needs_source_logits == ("spatial_logits" in terms[e.name])
+    gap = compare.load_config(saol_path, exps[0].overrides)  # the GAP-FC baseline is configs/cifar10/gap_resnet20
+    assert compare.config_diff(gap.to_dict(), compare.load_config(ROOT / "configs/cifar10/gap_resnet20.yaml")
+                               .to_dict()) == ["name", "output_dir"]
+    pfa_path = ROOT / compare.DEFAULT_BASE["pfa"]
+    switches = {"full": {}, "no_ca": {"channel_attention": False}, "no_sa": {"spatial_attention": False},
+                "no_attention": {"channel_attention": False, "spatial_attention": False}}
+    exps = compare.suite_experiments("pfa", compare.load_config(pfa_path))
+    assert [e.name for e in exps] == list(switches)
+    params = {}
+    for e in exps:
+        cfg = compare.load_config(pfa_path, e.overrides)
+        assert cfg.model.kwargs == switches[e.name] and cfg.model.arch == "pfa"
+        params[e.name] = compare.count_params(cfg, 1)  # the head takes the switches
+    assert params["full"] > params["no_sa"] > params["no_ca"] > params["no_attention"] > 0
+
+
+def test_compare_over_two_seeds_end_to_end(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    argv = ["heads", "--seeds", "0", "1", *TINY, "train.iters=4", "--base", BASE, "--only", "fcn,psp",
+            "--runs-root", str(runs), "--results-dir", str(results), "--no-progress"]  # evaluations at 2 and 4
+    assert compare.main(argv) == 0
+    assert all((runs / "heads" / k / "summary.json").is_file() for k in ("fcn", "fcn@seed1", "psp", "psp@seed1"))
+    assert compare.load_config(runs / "heads" / "psp@seed1" / "config.yaml").seed == 1
+    report = json.loads((results / "compare_heads.json").read_text())
+    assert [(r["run"], r["seed"], r["status"]) for r in report["rows"]] == [
+        ("fcn", 0, "trained"), ("fcn@seed1", 1, "trained"), ("psp", 0, "trained"), ("psp@seed1", 1, "trained")]
+    assert all(r["key_metric"] == "mIoU" and r["value"] == r["mIoU"] and [s for s, _ in r["curve"]] == [2, 4]
+               for r in report["rows"])
+    agg = {g["name"]: g for g in report["aggregates"]}
+    assert agg["fcn"]["verdict"] == "baseline" and agg["fcn"]["n"] == 2 and agg["psp"]["seeds"] == [0, 1]
+    assert agg["psp"]["verdict"].startswith(("better by", "worse by", "undecided (|d|"))  # two seeds: decided by d
+    md = (results / "compare_heads.md").read_text()
+    assert md.index("| fcn | 2 | 0, 1 | **") < md.index("| fcn | **") < md.index("| fcn@seed1 | **")
+    assert (results / "compare_heads_curves.png").stat().st_size > 0
+    # the same config under another suite (losses/ce = heads/fcn on this base): both seeds reused, @seed dirs too
+    argv = ["losses", *TINY, "train.iters=4", "--seeds", "0", "1", "--base", BASE, "--only", "ce",
+            "--runs-root", str(runs), "--results-dir", str(results), "--no-progress"]
+    assert compare.main(argv) == 0
+    rows = json.loads((results / "compare_losses.json").read_text())["rows"]
+    assert [(r["run"], r["status"], Path(r["reused_from"]).name) for r in rows] == [
+        ("ce", "reused", "fcn"), ("ce@seed1", "reused", "fcn@seed1")]

@@ -103,7 +103,7 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ContextSegError, match="shape mismatch"):
         ckpt_mod.load_state_dict_checked(model, load_checkpoint(tmp_path / "x.pt")["model"])
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ContextSegError, match="cannot read checkpoint"):
+    with pytest.raises(ContextSegError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(ContextSegError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")

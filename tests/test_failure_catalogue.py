@@ -121,3 +121,53 @@ def test_stale_temp_files_of_a_killed_save_are_cleaned(trained_run, tmp_path):
     assert main(["train", CFG, *TINY, "train.iters=6", f"output_dir={out}", "--resume", str(out / "last.pt"),
                  "--no-progress"]) == 0
     assert not stale.exists()
+
+
+class Malicious:
+    """Unpickling this runs code: weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/contextseg_pwned",))
+
+
+@pytest.mark.parametrize("content", ["pickle", "random", "empty"])
+def test_bad_checkpoint_files_are_one_line_and_never_unpickled(tmp_path, capsys, content):
+    path = tmp_path / "model.pt"
+    if content == "pickle":
+        torch.save({"model": Malicious()}, path)
+    else:
+        path.write_bytes(os.urandom(512) if content == "random" else b"")
+    before = digests(path)
+    code, err = run_cli(capsys, "predict", tmp_path, "--checkpoint", path, "--out", tmp_path / "out")
+    assert code == 2 and not Path("/tmp/contextseg_pwned").exists()
+    one_clear_line(err, str(path))
+    assert "weights_only=False" not in err and ("never unpickles" in err if content == "pickle" else
+                                                "not a readable checkpoint" in err)
+    assert digests(path) == before
+
+
+@pytest.mark.parametrize("override,words", [
+    ("train.eval_interval=0", ["train.eval_interval", ">= 1"]),
+    ("train.log_interval=0", ["train.log_interval"]),
+    ("train.checkpoint_interval=0", ["train.checkpoint_interval"]),
+    ("data.num_workers=-2", ["data.num_workers", "-1 for auto"]),
+    ("data.crop_size=[0,0]", ["data.crop_size", "positive"]),
+    ("data.eval_batch_size=0", ["data.eval_batch_size"]),
+    ("train.lr=.nan", ["train.lr", "> 0"]),
+    ("train.momentum=1.5", ["train.momentum", "below 1"]),
+    ("data.mix_prob=2", ["data.mix_prob", "[0, 1]"]),
+    ("train.grad_clip=abc", ["train.grad_clip", "number"]),
+])
+def test_config_values_out_of_range_are_one_line(tmp_path, capsys, override, words):
+    code, err = run_cli(capsys, "train", CFG, *TINY, override, f"output_dir={tmp_path / 'run'}", "--no-progress")
+    assert code == 2
+    one_clear_line(err, *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_key_given_twice_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "twice.yaml"
+    cfg.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    code, err = run_cli(capsys, "train", cfg, "--no-progress")
+    assert code == 2
+    one_clear_line(err, "'lr' is given twice", "line 3")

@@ -74,7 +74,7 @@ def test_mismatches_are_named(tmp_path):
     with pytest.raises(ContextSegError, match="no weights file at"):
         load_official(tmp_path / "missing.pth", "ocr", SMALL, 19)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ContextSegError, match="cannot read weights file"):
+    with pytest.raises(ContextSegError, match="not a readable weights file"):
         load_official(tmp_path / "junk.pth", "ocr", SMALL, 19)
 
 

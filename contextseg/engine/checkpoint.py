@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ContextSegError
+from ..errors import ContextSegError, unreadable_file
 from ..models import create_model
 from ..models.resize import LEGACY_ALIGN_CORNERS
 from ..onnx_graph import OnnxModel, is_onnx
@@ -96,8 +96,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
                               f"it writes OUTPUT_DIR/best.pt and OUTPUT_DIR/last.pt)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise ContextSegError(f"cannot read checkpoint {str(path)!r}: {exc.__class__.__name__}: {exc}") from None
+    except Exception as exc:  # a truncated or foreign file, or pickled objects weights_only refuses
+        raise unreadable_file(path, exc) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ContextSegError(f"{str(path)!r} is not a contextseg checkpoint (no 'model' entry); "
                               f"for official weights use contextseg.load_official(...)")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ContextSegError
+from ..errors import ContextSegError, unreadable_file
 
 WRAPPER_PREFIXES = ("module.", "model.", "backbone.")  # DataParallel, the official FullModel, mmseg / contextseg
 DROPPED_PREFIXES = (
@@ -42,7 +42,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ContextSegError(f"cannot read weights file {str(path)!r}: {exc.__class__.__name__}: {exc}") from None
+        raise unreadable_file(path, exc, "weights file") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
