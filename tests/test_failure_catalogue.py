@@ -171,3 +171,39 @@ def test_a_config_key_given_twice_is_refused(tmp_path, capsys):
     code, err = run_cli(capsys, "train", cfg, "--no-progress")
     assert code == 2
     one_clear_line(err, "'lr' is given twice", "line 3")
+
+
+def test_bad_masks_are_all_reported_before_the_first_step(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CONTEXTSEG_CACHE", str(tmp_path / "cache"))
+    from contextseg.data.synthetic import write_synthetic_folder
+
+    root = tmp_path / "data"
+    write_synthetic_folder(root, 12, size=(48, 64), seed=3, split="train")
+    masks = sorted((root / "train" / "masks").iterdir())
+    for m in masks[3:5]:  # two masks with a value no class has
+        a = np.asarray(Image.open(m)).copy()
+        a[0, 0] = 77
+        Image.fromarray(a).save(m)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks[7])  # and one of another size than its image
+    before = digests(root)
+    args = ["train", CFG, "data.dataset=folder", f"data.root={root}", "data.val_split=null", "data.crop_size=[48,64]",
+            "data.batch_size=2", "data.num_workers=0", "train.iters=2", f"output_dir={tmp_path / 'run'}", "--no-progress"]
+    code, err = run_cli(capsys, *args)
+    assert code == 2
+    one_clear_line(err, "3 of 12 label files are bad", masks[3].name, masks[4].name, masks[7].name, "[77]")
+    assert not (tmp_path / "run" / "last.pt").exists() and digests(root) == before
+
+
+def test_label_checks_are_cached_by_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTEXTSEG_CACHE", str(tmp_path / "cache"))
+    from contextseg.data import build_dataset
+    from contextseg.data.checks import check_labels
+    from contextseg.data.synthetic import write_synthetic_folder
+
+    names = write_synthetic_folder(tmp_path / "d", 5, size=(32, 40), seed=1)
+    ds = build_dataset("folder", None, root=str(tmp_path / "d"), classes=names)
+    assert (check_labels(ds), check_labels(ds)) == (5, 0)  # the second pass reads nothing
+    mask = sorted((tmp_path / "d" / "masks").iterdir())[2]
+    Image.fromarray(np.full((32, 40), 9, np.uint8)).save(mask)  # a changed file is read again, and fails
+    with pytest.raises(Exception, match="1 of 5 label files are bad"):
+        check_labels(ds)

@@ -37,6 +37,7 @@ from torch import nn
 from ..errors import ContextSegError
 from ..models.fuse import fuse_conv_bn
 from ..models.resize import DEFAULT_ALIGN_CORNERS, align_corners_of, resize
+from ..cache import cache_dir
 from ..onnx_graph import DeployModel, export_graph, require
 from .hardware import backends_available, cpu_flags, cpu_model, isa_ceiling, native_bf16
 from .runtime import resolve_amp
@@ -46,14 +47,6 @@ APPROXIMATE = ("bf16", "int8")
 BACKENDS = ("auto", *EXACT, *APPROXIMATE)
 CHOICES = ("eager", *BACKENDS)  # what predict / eval / Predictor take ("eager": the model itself, under amp)
 AUTO_RTOL = 1e-4  # an exact backend's logits differ from eager fp32 by at most this share of the logit scale
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("CONTEXTSEG_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
-        "contextseg"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def model_hash(model: nn.Module) -> str:

@@ -299,8 +299,8 @@ class Trainer:
         if self.step == start_step and self.evaluate_fn is None:
             if dist_utils.broadcast_object(not (self.out_dir / "last.pt").exists() if self.is_main else None):
                 self.save("last.pt")
-        summary = {"step": self.step, "best": self.best, "key_metric": self.key_metric,
-                   "train_seconds": time.time() - start_time, "final": self.last_metrics,
+        summary = {"step": self.step, "steps_this_session": self.step - start_step, "best": self.best,
+                   "key_metric": self.key_metric, "train_seconds": time.time() - start_time, "final": self.last_metrics,
                    "precision": {"amp": self.amp, "reason": self.amp_reason}}
         if self.is_main:
             if (self.out_dir / "metrics.jsonl").exists():

@@ -10,6 +10,7 @@ import torch
 
 from ..config import Config
 from ..data import build_dataset, eval_transform
+from ..data.checks import check_labels
 from ..data.mix import build_batch_mix
 from ..engine import distributed as dist_utils
 from ..engine.backends import default_backend, prepare
@@ -58,6 +59,9 @@ class SegmentationTask(Task):
 
     def setup(self, cfg: Config, progress: bool) -> Setup:
         train_set, val_set = build_datasets(cfg)
+        for dataset in (train_set, val_set):  # every mask once, before step 1 (cached): data/checks.py
+            if dataset is not None:
+                check_labels(dataset, progress)
         model = build_model_for(cfg, self.outputs(train_set))
         loss = self.build_loss(cfg, train_set, progress)
         runtime = EvalRuntime.from_config(cfg, progress=progress)
@@ -75,6 +79,7 @@ class SegmentationTask(Task):
         one; an ensemble or an .onnx file runs as it is)."""
         _, val_set = build_datasets(cfg, train=False)
         require_val_set(val_set)
+        check_labels(val_set, progress)
         models = [configure_inference(load_for_eval(cfg, c, self.outputs(val_set)), **inference) for c in checkpoints]
         model = models[0] if len(models) == 1 else Ensemble(models, names=checkpoints)
         device = select_device(cfg.device)
@@ -98,18 +103,29 @@ class SegmentationTask(Task):
         return result, report
 
     def predict(self, checkpoints: list, inputs, out_dir, options: dict) -> str:
-        """Label maps (STEM.png), colour maps and overlays per image (``Predictor.predict_files``)."""
+        """Label maps (STEM.png), colour maps and overlays per image (``Predictor.predict_files``: never over the
+        inputs, names kept apart, temp + rename writes, a lock on the folder); images above ``max_pixels`` (or
+        every image with window "auto") in sliding windows of the training crop; ``skip_bad`` skips and lists
+        unreadable files instead of stopping at the first."""
+        from ..engine.predictor import MAX_PIXELS, crop_of, skipped_note
+
         o = options
         calibration = image_batches([o["calibration"]]) if o.get("calibration") else None
         inference = {k: o.get(k) for k in ("scales", "merge", "flip", "window", "stride")}
+        crop = None
         if o.get("loaded") is not None:  # the first checkpoint, already read
+            crop = crop_of(o["loaded"])
             checkpoints = [model_from_checkpoint(o["loaded"], source=str(checkpoints[0])), *checkpoints[1:]]
         pred = Predictor(checkpoints, device=o.get("device", "auto"), amp=o.get("amp", "auto"),
-                         backend=o.get("backend"), calibration=calibration, **inference)
+                         backend=o.get("backend"), calibration=calibration,
+                         max_pixels=o.get("max_pixels", MAX_PIXELS), train_crop=crop, **inference)
         written = pred.predict_files(inputs, out_dir, alpha=o.get("alpha", 0.5), progress=o.get("progress", True),
-                                     save_attention=o.get("save_attention", False))
+                                     save_attention=o.get("save_attention", False),
+                                     skip_bad=o.get("skip_bad", False))
         extra = ", _attn_s*.png" if o.get("save_attention") else ""
-        return f"wrote {len(written)} label maps (+ _color.png, _overlay.jpg{extra}) to {out_dir}"
+        note = skipped_note(pred.skipped)
+        return f"wrote {len(written)} label maps (+ _color.png, _overlay.jpg{extra}) to {out_dir}" + \
+            (f"\n{note}" if note else "")
 
 
 def calibration_batches(cfg: Config, count: int = 16) -> list:
