@@ -10,8 +10,23 @@ from .errors import ContextSegError
 BACKEND_CHOICES = ("eager", "auto", "torch", "compile", "onnxruntime", "openvino", "bf16", "int8")
 
 
-def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    """Test-time multi-scale / flip / sliding-window flags shared by eval and predict (none = as trained)."""
+class _WindowAction(argparse.Action):
+    """--window H W, or --window auto (predict: sliding windows of the training crop)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if list(values) == ["auto"]:
+            setattr(namespace, self.dest, "auto")
+            return
+        try:
+            h, w = (int(v) for v in values)
+        except ValueError:
+            parser.error(f"{option_string} takes H W (two integers) or auto, got {' '.join(values)}")
+        setattr(namespace, self.dest, [h, w])
+
+
+def _add_inference_options(p: argparse.ArgumentParser, auto_window: bool = False) -> None:
+    """Test-time multi-scale / flip / sliding-window flags shared by eval and predict (none = as trained);
+    ``auto_window``: --window also takes "auto"."""
     g = p.add_argument_group("multi-scale and sliding-window inference")
     g.add_argument("--scales", type=float, nargs="+", metavar="S",
                    help="image pyramid scales, e.g. --scales 0.5 1.0 1.5 2.0 (default: as trained, usually 1.0)")
@@ -19,8 +34,13 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="how scales are merged (default avg; attention/hierarchical need a checkpoint trained with "
                         "model.kwargs.multiscale)")
     g.add_argument("--flip", action="store_true", help="also average the horizontally flipped image's logits")
-    g.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
-                   help="sliding-window inference with H x W windows (e.g. the training crop)")
+    if auto_window:
+        g.add_argument("--window", nargs="+", action=_WindowAction, metavar=("H|auto", "W"),
+                       help="sliding-window inference with H x W windows (e.g. the training crop); auto: windows of "
+                            "the checkpoint's training crop (1024 x 1024 when unknown) every 2/3 of a window")
+    else:
+        g.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
+                       help="sliding-window inference with H x W windows (e.g. the training crop)")
     g.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"),
                    help="sliding-window step (default: the window, no overlap; e.g. 2/3 of it)")
 
@@ -72,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="a checkpoint (or zoo:NAME), or several: an ensemble that averages their softmax "
                             "probabilities (put the images before --checkpoint)")
     which.add_argument("--model", metavar="NAME", help="a model of the zoo (`contextseg zoo` lists them)")
-    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for STEM.png, STEM_color.png, STEM_overlay.jpg (not a folder of the input images; "
+                        "inputs that share a stem are written as STEM_EXT.png)")
     r.add_argument("--device", default="auto")
     r.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
                    help="autocast precision (default auto: bf16 where the hardware runs it natively, else fp32)")
@@ -83,11 +105,18 @@ def _parser() -> argparse.ArgumentParser:
     _add_backend_option(r)
     r.add_argument("--calibration", metavar="DIR", help="images that calibrate --backend int8 (e.g. 16 training "
                                                          "images of the model's data)")
-    _add_inference_options(r)
+    r.add_argument("--max-pixels", type=int, default=4_000_000, metavar="N",
+                   help="images of more than N pixels run in sliding windows of the training crop (as --window auto) "
+                        "so that they fit in memory (default 4000000 = 2000 x 2000; 0: never)")
+    r.add_argument("--skip-bad", action="store_true",
+                   help="skip image files that cannot be read and list them at the end (default: stop and name the "
+                        "first one before writing anything)")
+    _add_inference_options(r, auto_window=True)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch with onnxruntime")
     x.add_argument("checkpoint", metavar="CKPT")
-    x.add_argument("--out", required=True, metavar="ONNX", help="the file to write, e.g. model.onnx")
+    x.add_argument("--out", required=True, metavar="ONNX", help="the file to write, e.g. model.onnx (an existing file "
+                   "is replaced only if contextseg exported it)")
     x.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
                    help="example input size the graph is traced at (default 512 512)")
     x.add_argument("--output", choices=["logits", "labels"], default="logits",
@@ -125,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("config", help="the stage-1 config, e.g. configs/weak/ssnet_stage1_camvid_ecssd.yaml")
     w.add_argument("overrides", nargs="*")
     w.add_argument("--checkpoint", required=True, metavar="CKPT", help="the stage-1 SSNet checkpoint")
-    w.add_argument("--out", required=True, metavar="DIR", help="folder for STEM.png label maps and pseudo_labels.json")
+    w.add_argument("--out", required=True, metavar="DIR", help="folder for STEM.png label maps and pseudo_labels.json: "
+                   "a new or empty one, or one an earlier pseudo-labels run wrote (never the dataset's folders)")
     w.add_argument("--split", help="segmentation split to label (default: data.train_split)")
     w.add_argument("--rule", choices=["official", "restrict"], default="official",
                    help="official: absent classes' logits zeroed, then the arg max (jsws syn_stage1.py; an absent "
@@ -250,9 +280,11 @@ def _predict(args) -> int:
     first = args.checkpoint[0]
     loaded = None if is_onnx(first) else load_checkpoint(first)  # read once: its config names the task
     task = TASKS["segmentation"] if loaded is None else task_for_checkpoint(loaded)
+    if args.max_pixels < 0:
+        raise ContextSegError(f"--max-pixels must be >= 0 (0: never switch to sliding windows), got {args.max_pixels}")
     options = dict(device=args.device, amp=args.amp, alpha=args.alpha, backend=args.backend,
                    calibration=args.calibration, save_attention=args.save_attention, progress=not args.no_progress,
-                   loaded=loaded, **_inference_kwargs(args))
+                   loaded=loaded, max_pixels=args.max_pixels, skip_bad=args.skip_bad, **_inference_kwargs(args))
     print(task.predict(args.checkpoint, args.inputs, args.out, options))
     return 0
 

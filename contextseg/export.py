@@ -17,6 +17,8 @@ the TorchScript exporter is the fallback (``exporter="torchscript"`` to choose i
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +27,14 @@ import numpy as np
 import torch
 
 from .data.transforms import MEAN, STD
-from .engine.checkpoint import load_model
+from .engine.checkpoint import load_model, write_error
 from .engine.predictor import Predictor
 from .errors import ContextSegError
 from .models.multiscale import configure_inference
 from .onnx_graph import DeployModel, OnnxModel, export_graph, require
 from .visualize import default_palette
+
+PRODUCER = "contextseg"  # the metadata mark of a file export_onnx wrote: only such a file is replaced
 
 @dataclass
 class ExportReport:
@@ -59,49 +63,61 @@ def export_onnx(model, path: str | Path, size=(512, 512), output: str = "logits"
         second odd size); a max |logit difference| above ``rtol`` times the logit scale (max |PyTorch logit|)
         raises ContextSegError, the file is kept for inspection.
     scales/merge/flip: export the test-time pyramid too (``configure_inference``).
-    The file is written atomically (temp file + rename). Returns an ExportReport.
+    The file is written atomically (temp file + rename). ``path`` must end in .onnx (predict and eval recognise ONNX
+    files by it); it may not be the checkpoint itself, and an existing file there is replaced only when it is an
+    ONNX file contextseg exported (``check_export_target``). Returns an ExportReport.
     """
     onnx = require("onnx")
     ort = require("onnxruntime")
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise ContextSegError(f"unknown exporter {exporter!r}; choose auto, dynamo or torchscript")
+    path = check_export_target(path, model if isinstance(model, (str, Path)) else None)
     if isinstance(model, (str, Path)):
         model = load_model(model)
     model = configure_inference(model, scales=scales, merge=merge, flip=flip).float().eval()
     deploy = DeployModel(model, output).eval()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     size = tuple(int(s) for s in size)
     example = torch.randn(2 if dynamic else 1, getattr(model, "in_channels", 3), *size)
     start = time.perf_counter()
     tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     errors = []
-    for name in tried:
-        try:
-            export_graph(deploy, example, tmp, dynamic, opset, name)
-            used = name
-            break
-        except ContextSegError:
-            raise
-        except Exception as exc:  # an exporter limitation: try the next one
-            errors.append(f"{name}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}")
-    else:
-        raise ContextSegError("ONNX export failed; " + " | ".join(errors))
-    seconds = time.perf_counter() - start
-    proto = onnx.load(str(tmp))
-    meta = {
-        "classes": json.dumps(getattr(model, "classes", None) or [str(k) for k in range(model.num_classes)]),
-        "palette": json.dumps([list(map(int, c)) for c in (getattr(model, "palette", None)
-                                                           or default_palette(model.num_classes))]),
-        "mean": json.dumps(list(MEAN)), "std": json.dumps(list(STD)), "output": output,
-        "model_args": json.dumps(getattr(model, "init_args", {}), default=str), "producer": "contextseg",
-    }
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        proto.metadata_props.add(key=k, value=v)
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    try:
+        for name in tried:
+            try:
+                export_graph(deploy, example, tmp, dynamic, opset, name)
+                used = name
+                break
+            except ContextSegError:
+                raise
+            except Exception as exc:  # an exporter limitation: try the next one
+                errors.append(f"{name}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}")
+        else:
+            raise ContextSegError("ONNX export failed; " + " | ".join(errors))
+        seconds = time.perf_counter() - start
+        proto = onnx.load(str(tmp))
+        meta = {
+            "classes": json.dumps(getattr(model, "classes", None) or [str(k) for k in range(model.num_classes)]),
+            "palette": json.dumps([list(map(int, c)) for c in (getattr(model, "palette", None)
+                                                               or default_palette(model.num_classes))]),
+            "mean": json.dumps(list(MEAN)), "std": json.dumps(list(STD)), "output": output,
+            "model_args": json.dumps(getattr(model, "init_args", {}), default=str), "producer": PRODUCER,
+        }
+        del proto.metadata_props[:]
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    except BaseException as exc:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".data")):  # and external data a large graph may have
+            leftover.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
+        raise
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     sizes = [tuple(s) for s in check_sizes] if check_sizes else [size] + ([(size[0] + 33, size[1] - 15)] if dynamic
@@ -131,9 +147,39 @@ def export_onnx(model, path: str | Path, size=(512, 512), output: str = "logits"
     return report
 
 
+def check_export_target(path, checkpoint=None) -> Path:
+    """``path`` as a Path, or one ContextSegError: it is the checkpoint being exported, a folder, an existing file
+    that is not an ONNX file contextseg exported (its metadata names the producer "contextseg"), or a name that does
+    not end in .onnx."""
+    path = Path(path)
+    if checkpoint is not None and Path(checkpoint).exists() and path.exists() and path.samefile(checkpoint):
+        raise ContextSegError(f"--out {path} is the checkpoint being exported; it would be overwritten: choose "
+                              f"another file, e.g. {path.with_suffix('.onnx')}")
+    if path.is_dir():
+        raise ContextSegError(f"--out {path} is a folder; give the ONNX file to write, e.g. {path / 'model.onnx'}")
+    if path.suffix.lower() != ".onnx":
+        raise ContextSegError(f"--out {path} does not end in .onnx (predict and eval recognise ONNX files by it); "
+                              f"e.g. --out {path.with_suffix('.onnx')}")
+    if path.exists() and not exported_by_contextseg(path):
+        raise ContextSegError(f"--out {path} exists and is not an ONNX file contextseg exported; it is kept: choose "
+                              f"another file, or move it away first")
+    return path
+
+
+def exported_by_contextseg(path) -> bool:
+    """True for an ONNX file whose metadata names contextseg as its producer (what export_onnx writes)."""
+    try:
+        proto = require("onnx").load(str(path), load_external_data=False)
+    except ContextSegError:
+        raise
+    except Exception:  # not ONNX at all
+        return False
+    return any(p.key == "producer" and p.value == PRODUCER for p in proto.metadata_props)
+
+
 def OnnxPredictor(path: str | Path, providers=None, threads: int | None = None) -> Predictor:  # noqa: N802
     """``Predictor`` on an exported ONNX file: ``predict``, ``predict_proba``, ``predict_files``."""
     return Predictor(OnnxModel(path, providers, threads), device="cpu")
 
 
-__all__ = ["export_onnx", "OnnxModel", "OnnxPredictor", "DeployModel", "ExportReport"]
+__all__ = ["export_onnx", "OnnxModel", "OnnxPredictor", "DeployModel", "ExportReport", "check_export_target"]

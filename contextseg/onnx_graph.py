@@ -92,7 +92,12 @@ class OnnxModel(nn.Module):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # random bytes, a truncated download, another format: onnxruntime's long message
+            why = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+            raise ContextSegError(f"{str(path)!r} is not a readable ONNX file ({why}); export it again with "
+                                  f"`contextseg export CHECKPOINT --out {path.name}`") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("output", "logits") != "logits":
             raise ContextSegError(f"{str(path)!r} was exported with output={meta['output']!r}; evaluation and "

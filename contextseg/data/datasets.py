@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ..errors import ContextSegError
@@ -37,12 +37,16 @@ IGNORE_INDEX = 255
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read any image file as uint8 (H, W, 3) RGB; grayscale, palette, RGBA and 16-bit are converted.
 
-    EXIF orientation is not applied: pixels come in stored order, as the masks do.
+    An EXIF orientation tag is applied (``PIL.ImageOps.exif_transpose``): the image comes as viewers show it, in
+    training, evaluation and prediction alike (a phone photo stored sideways is read upright, H and W swapped).
+    Masks are read in stored order unless they carry an orientation tag themselves (``read_mask``); an image whose
+    tag turns it and a mask without one no longer match in size, which the datasets report.
     """
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
+            im = _upright(im)
             if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float grayscale
                 a = np.asarray(im, dtype=np.float64)
                 span = a.max() - a.min()
@@ -54,8 +58,20 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise ContextSegError(f"image file not found: {path}. Check the path (it is read relative to "
                               f"{Path.cwd()}).") from None
+    except Image.DecompressionBombError as e:
+        raise ContextSegError(f"cannot read image {path}: {e} If you trust the file, set "
+                              f"PIL.Image.MAX_IMAGE_PIXELS = None before reading it.") from None
     except (OSError, ValueError) as e:
         raise ContextSegError(f"cannot read image {path}: {e}. Is it a valid image file?") from None
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` turned as its EXIF orientation tag says (tag 2..8), else ``im`` itself (no copy)."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)  # 274: Orientation
+    except Exception:  # a damaged EXIF block: pixels in stored order
+        return im
+    return ImageOps.exif_transpose(im) if orientation in (2, 3, 4, 5, 6, 7, 8) else im
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -64,11 +80,15 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     Palette PNGs give their indices (as VOC stores them); an RGB file whose three channels
     are equal is read as one channel. A colour-coded RGB mask raises an error that says how
     to convert it (``colour_to_index`` with the dataset's palette).
+
+    Pixels come in stored order; only a mask that carries an EXIF orientation tag itself is turned as the tag says
+    (as ``read_image`` turns images).
     """
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
+            im = _upright(im)
             mode = im.mode
             a = np.asarray(im)
     except FileNotFoundError:

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ..config import Config
 from ..data import build_dataset, build_label_mix, classification_train_transform, eval_transform, read_image
 from ..engine import distributed as dist_utils
 from ..engine.builders import build_model_for, eval_loader, load_for_eval
-from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, remove_stale_temps
 from ..engine.evaluator import EvalRuntime
 from ..engine.predictor import collect_images
 from ..engine.runtime import autocast, select_device
@@ -88,7 +86,8 @@ class ClassificationTask(Task):
                                        for k in ("scales", "merge", "flip", "window", "stride")):
             raise ContextSegError("a classification checkpoint predicts alone, without test-time options")
         rows = predict_files(options.get("loaded") or checkpoints[0], inputs, out_dir, device=options.get("device", "auto"),
-                             amp=options.get("amp", "none"), progress=options.get("progress", True))
+                             amp=options.get("amp", "none"), progress=options.get("progress", True),
+                             skip_bad=options.get("skip_bad", False))
         return f"wrote predictions.json for {len(rows)} images to {out_dir}"
 
 
@@ -137,37 +136,66 @@ def evaluate_classification(model, loader, num_classes: int, classes=None, runti
 
 
 @torch.no_grad()
-def predict_files(checkpoint, inputs, out_dir, device: str = "auto", amp: str = "none", progress: bool = True) -> list:
+def predict_files(checkpoint, inputs, out_dir, device: str = "auto", amp: str = "none", progress: bool = True,
+                  skip_bad: bool = False) -> list:
     """Classify images with a checkpoint (a path or a ``load_checkpoint`` dict): prints ``NAME: class (prob)`` per
     image, writes OUT/predictions.json and, for a SAOL model, OUT/STEM_attention.png (the image beside its spatial
     attention map, upsampled bilinearly and shown as a heatmap scaled to its maximum). Images of another size than
-    the training crop are resized to it."""
+    the training crop are resized to it.
+
+    As ``Predictor.predict_files``: an OUT that holds input images is refused, same-stem images get distinct names
+    (``output_stems``), every file goes through a temp file + rename, OUT/.contextseg.lock keeps a second writer
+    out, and unreadable files stop the run before anything is written unless ``skip_bad`` (then they are skipped,
+    printed and left out of predictions.json)."""
+    from ..engine.predictor import (FolderLock, check_output_folder, make_folder, output_stems, save_image,
+                                    skipped_note, unreadable_images, write_text)
+
+    images = collect_images(inputs)
+    out_dir = check_output_folder(out_dir, images)
+    bad = unreadable_images(images)
+    if bad and not skip_bad:
+        raise ContextSegError(f"cannot read image {bad[0][0]} ({bad[0][1]}); replace or remove it, or pass "
+                              f"--skip-bad to predict the other images and list the unreadable ones")
+    skipped, skip = list(bad), {p for p, _ in bad}
+    stems = output_stems(images, ("_attention",))
     dev = select_device(device)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, dev, source=str(checkpoint) if not isinstance(checkpoint, dict) else "")
     crop = tuple((ckpt.get("config") or {}).get("data", {}).get("crop_size") or ())
     classes = model.classes or [str(i) for i in range(model.num_classes)]
-    transform, out_dir = eval_transform(), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    transform = eval_transform()
+    make_folder(out_dir)
     rows = []
-    for path in tqdm(collect_images(inputs), desc="predict", disable=not progress, leave=False, dynamic_ncols=True):
-        image = read_image(path)
-        if len(crop) == 2 and image.shape[:2] != crop:
-            image = cv2.resize(image, (int(crop[1]), int(crop[0])), interpolation=cv2.INTER_AREA)
-        with autocast(dev, amp):
-            out = model(transform(image, None)[0][None].to(dev))
-        probs = out["out"].float().softmax(1)[0].cpu()
-        k = int(probs.argmax())
-        row = {"image": str(path), "class": classes[k], "index": k, "prob": float(probs[k])}
-        if "gap" in out:
-            row["gap_class"] = classes[int(out["gap"].argmax(1)[0])]
-        if "attention" in out:
-            row["attention"] = str(out_dir / f"{path.stem}_attention.png")
-            picture = attention_picture(image, out["attention"].float()[0, 0].cpu().numpy())
-            Image.fromarray(picture).save(row["attention"])
-        print(f"{path.name}: {row['class']} ({100 * row['prob']:.1f}%)")
-        rows.append(row)
-    (out_dir / "predictions.json").write_text(json.dumps(rows, indent=2))
+    with FolderLock(out_dir, "predict"):
+        remove_stale_temps(out_dir)
+        todo = [(p, s) for p, s in zip(images, stems) if p not in skip]
+        for path, stem in tqdm(todo, desc="predict", disable=not progress, leave=False, dynamic_ncols=True):
+            try:
+                image = read_image(path)
+            except ContextSegError as exc:
+                why = str(exc).split(f"{path}: ", 1)[-1].removesuffix(" Is it a valid image file?").rstrip(".")
+                if not skip_bad:
+                    raise ContextSegError(f"cannot read image {path} ({why}); replace or remove it, or pass "
+                                          f"--skip-bad to predict the other images") from None
+                skipped.append((path, why))
+                continue
+            if len(crop) == 2 and image.shape[:2] != crop:
+                image = cv2.resize(image, (int(crop[1]), int(crop[0])), interpolation=cv2.INTER_AREA)
+            with autocast(dev, amp):
+                out = model(transform(image, None)[0][None].to(dev))
+            probs = out["out"].float().softmax(1)[0].cpu()
+            k = int(probs.argmax())
+            row = {"image": str(path), "class": classes[k], "index": k, "prob": float(probs[k])}
+            if "gap" in out:
+                row["gap_class"] = classes[int(out["gap"].argmax(1)[0])]
+            if "attention" in out:
+                row["attention"] = str(out_dir / f"{stem}_attention.png")
+                save_image(attention_picture(image, out["attention"].float()[0, 0].cpu().numpy()), row["attention"])
+            print(f"{path.name}: {row['class']} ({100 * row['prob']:.1f}%)")
+            rows.append(row)
+        write_text(out_dir / "predictions.json", json.dumps(rows, indent=2))
+    if skipped:
+        print(skipped_note(skipped))
     return rows
 
 

@@ -25,16 +25,23 @@ the saliency rule of step 3 are our additions; ``rule="official", min_prob=0, bg
 the official rule without CRF. The written PNGs hold dataset class indices and 255.
 
 The true label maps are read only after each pseudo label is made, for the report: mIoU counting unlabelled (255)
-pixels as misses (``mIoU``), mIoU over the labelled pixels only (``mIoU_labelled``), and ``coverage``.
+pixels as misses (``mIoU``), mIoU over the labelled pixels only (``mIoU_labelled``), and ``coverage``. The report
+never reads a file this run wrote (checked per file).
+
+The output folder (``check_pseudo_label_folder``) is a new or empty folder, or one an earlier run wrote (it holds
+pseudo_labels.json); a folder of the segmentation set's images or label maps, or any other non-empty folder, is
+refused, so ground truth is never overwritten. Files are written through temp files + rename, under the folder lock
+OUT/.contextseg.lock (one writer at a time; ``contextseg.engine.predictor.FolderLock``), and pseudo_labels.json says
+``"complete": false`` until the last label map is written.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ...config import Config
@@ -43,6 +50,8 @@ from ...data.weak import IGNORE, WeakImages, WeakSpec, image_keys, image_labels_
 from ...errors import ContextSegError
 from ...metrics import confusion_matrix, format_table, metrics_from_confusion
 from ...models.resize import align_corners_of, resize
+from ...engine.checkpoint import remove_stale_temps
+from ...engine.predictor import LOCK_NAME, FolderLock, make_folder, save_image, write_text
 from ...engine.runtime import autocast, select_device
 from .task import WeakTask, load_ssnet
 
@@ -120,32 +129,65 @@ def write_pseudo_labels(cfg: Config, checkpoint, out_dir, split: str | None = No
     spec = WeakSpec.parse(cfg.data.kwargs)
     split = split or cfg.data.train_split
     seg = spec.segmentation_set(split)
+    out_dir = check_pseudo_label_folder(out_dir, seg)  # before anything is read or written
     layout = spec.layout(seg)
     labels = image_labels_for(seg, spec.image_labels, spec.min_fraction, progress)
     images = WeakImages(seg, labels, layout, eval_transform())
     device = select_device(cfg.device)
+    keys = image_keys(seg)
     model = load_ssnet(checkpoint, layout, device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     k = seg.num_classes
     matrix = np.zeros((k, k + 1), dtype=np.int64)
-    keys = image_keys(seg)
-    for i in tqdm(range(len(images)), desc="pseudo labels", disable=not progress, leave=False, dynamic_ncols=True):
-        x, target = images[i]
-        with autocast(device, cfg.train.amp):
-            out = model(x[None].to(device))
-        logits = resize(out["out"].float(), x.shape[-2:], align_corners_of(model))[0]
-        channels = pseudo_label(logits, target["labels"], out["saliency_scores"][0], min_prob, bg_threshold, rule)
-        pred = channels_to_classes(channels.cpu().numpy(), layout.channel_to_class)
-        Image.fromarray(pred).save(out_dir / f"{keys[i]}.png")
-        if report:  # the true labels, read after the pseudo label is written: evaluation only
-            matrix += confusion_with_unlabelled(pred, np.asarray(label_map_of(seg, i)), k)
+    truth = getattr(seg, "masks", None)  # the true label files (None: a procedural set renders them)
     result = {"checkpoint": str(checkpoint), "split": split, "images": len(images), "rule": rule, "min_prob": min_prob,
               "bg_threshold": bg_threshold, "classes": list(seg.classes)}
-    if report:
-        result.update(report_from_confusion(matrix, seg.classes))
-        print(format_table(result))
-        print(f"pseudo labels: mIoU {100 * result['mIoU']:.2f} (unlabelled pixels count as misses), "
-              f"{100 * result['mIoU_labelled']:.2f} on the labelled pixels, coverage {100 * result['coverage']:.1f}%")
-    (out_dir / "pseudo_labels.json").write_text(json.dumps(result, indent=2))
+    make_folder(out_dir)
+    with FolderLock(out_dir, "pseudo-labels"):
+        remove_stale_temps(out_dir)  # of a killed run
+        write_text(out_dir / "pseudo_labels.json", json.dumps({**result, "complete": False}, indent=2))
+        written: set[str] = set()
+        for i in tqdm(range(len(images)), desc="pseudo labels", disable=not progress, leave=False,
+                      dynamic_ncols=True):
+            x, target = images[i]
+            with autocast(device, cfg.train.amp):
+                out = model(x[None].to(device))
+            logits = resize(out["out"].float(), x.shape[-2:], align_corners_of(model))[0]
+            channels = pseudo_label(logits, target["labels"], out["saliency_scores"][0], min_prob, bg_threshold, rule)
+            pred = channels_to_classes(channels.cpu().numpy(), layout.channel_to_class)
+            written.add(os.path.realpath(save_image(pred, out_dir / f"{keys[i]}.png")))
+            if report:  # the true labels, read after the pseudo label is written: evaluation only
+                if truth is not None and os.path.realpath(truth[i]) in written:
+                    raise ContextSegError(f"the true label map {truth[i]} is a file this run wrote; give --out a "
+                                          f"folder apart from the dataset's")
+                matrix += confusion_with_unlabelled(pred, np.asarray(label_map_of(seg, i)), k)
+        if report:
+            result.update(report_from_confusion(matrix, seg.classes))
+            print(format_table(result))
+            print(f"pseudo labels: mIoU {100 * result['mIoU']:.2f} (unlabelled pixels count as misses), "
+                  f"{100 * result['mIoU_labelled']:.2f} on the labelled pixels, coverage "
+                  f"{100 * result['coverage']:.1f}%")
+        write_text(out_dir / "pseudo_labels.json", json.dumps({**result, "complete": True}, indent=2))
     return result
+
+
+def check_pseudo_label_folder(out_dir, seg) -> Path:
+    """``out_dir`` as a Path, or one ContextSegError: a file; a folder that holds the segmentation set's images or
+    label maps (ground truth would be overwritten, and the report could read pseudo labels as truth); a non-empty
+    folder that holds no pseudo_labels.json (not an earlier pseudo-labels run: its files would mix with ours)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ContextSegError(f"--out {out} is a file; give a new folder for the pseudo labels")
+    target = os.path.realpath(out)
+    for what, files in (("label maps", getattr(seg, "masks", None) or []), ("images", getattr(seg, "files", None) or [])):
+        folders = {os.path.realpath(Path(f).parent) for f in files}
+        if target in folders:
+            raise ContextSegError(f"--out {out} holds the segmentation set's {what}; pseudo labels would overwrite "
+                                  f"or mix with them: choose a new folder, e.g. {out.parent / 'pseudo_labels'}")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir()
+                        if p.name != LOCK_NAME and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+        if others and "pseudo_labels.json" not in others:
+            raise ContextSegError(f"--out {out} already holds other files (e.g. {others[0]}) and no "
+                                  f"pseudo_labels.json; give a new or empty folder, or one an earlier "
+                                  f"`contextseg pseudo-labels` wrote")
+    return out
