@@ -30,7 +30,7 @@ from contextseg import create_model, load_model  # noqa: E402
 from contextseg.engine.backends import timed_calls  # noqa: E402
 from contextseg.engine.bench import benchmark, gflops_per_image, settle_batchnorm  # noqa: E402
 from contextseg.engine.env_report import environment  # noqa: E402
-from contextseg.engine.predictor import image_batches  # noqa: E402
+from contextseg.engine.outputs import image_batches  # noqa: E402
 from contextseg.engine.hardware import conv_gflops  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -403,7 +403,7 @@ def _bench(args) -> int:
     if args.batch < 1 or args.repeats < 1:
         raise ContextSegError("--batch and --repeats must be >= 1")
     from .engine.bench import default_train_modes
-    from .engine.predictor import image_batches
+    from .engine.outputs import image_batches
     from .engine.env_report import environment
     from .engine.runtime import select_device, write_json
 

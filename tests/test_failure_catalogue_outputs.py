@@ -18,7 +18,8 @@ from PIL import Image
 
 from contextseg.cli import main
 from contextseg.data import read_image, read_mask, write_synthetic_weak
-from contextseg.engine.predictor import LOCK_NAME, Predictor, output_stems
+from contextseg.engine.outputs import LOCK_NAME, output_stems
+from contextseg.engine.predictor import Predictor
 from contextseg.errors import ContextSegError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,8 @@ from ..engine import distributed as dist_utils
 from ..engine.builders import build_model_for, eval_loader, load_for_eval
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, remove_stale_temps
 from ..engine.evaluator import EvalRuntime
-from ..engine.predictor import collect_images
+from ..engine.outputs import (FolderLock, check_output_folder, collect_images, make_folder, output_stems,
+                              save_image, skipped_note, unreadable_images, write_text)
 from ..engine.runtime import autocast, select_device
 from ..errors import ContextSegError
 from ..losses import WithSourceLogits, build_classification_loss
@@ -147,9 +148,6 @@ def predict_files(checkpoint, inputs, out_dir, device: str = "auto", amp: str = 
     (``output_stems``), every file goes through a temp file + rename, OUT/.contextseg.lock keeps a second writer
     out, and unreadable files stop the run before anything is written unless ``skip_bad`` (then they are skipped,
     printed and left out of predictions.json)."""
-    from ..engine.predictor import (FolderLock, check_output_folder, make_folder, output_stems, save_image,
-                                    skipped_note, unreadable_images, write_text)
-
     images = collect_images(inputs)
     out_dir = check_output_folder(out_dir, images)
     bad = unreadable_images(images)

@@ -17,7 +17,8 @@ from ..engine.backends import default_backend, prepare
 from ..engine.builders import build_datasets, build_model_for, eval_loader, load_for_eval
 from ..engine.checkpoint import model_from_checkpoint
 from ..engine.evaluator import EvalRuntime, evaluate
-from ..engine.predictor import Predictor, image_batches
+from ..engine.outputs import image_batches, skipped_note
+from ..engine.predictor import MAX_PIXELS, Predictor, crop_of
 from ..engine.runtime import select_device
 from ..errors import ContextSegError
 from ..losses import build_loss_for
@@ -107,8 +108,6 @@ class SegmentationTask(Task):
         inputs, names kept apart, temp + rename writes, a lock on the folder); images above ``max_pixels`` (or
         every image with window "auto") in sliding windows of the training crop; ``skip_bad`` skips and lists
         unreadable files instead of stopping at the first."""
-        from ..engine.predictor import MAX_PIXELS, crop_of, skipped_note
-
         o = options
         calibration = image_batches([o["calibration"]]) if o.get("calibration") else None
         inference = {k: o.get(k) for k in ("scales", "merge", "flip", "window", "stride")}

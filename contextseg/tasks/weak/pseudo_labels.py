@@ -31,7 +31,7 @@ never reads a file this run wrote (checked per file).
 The output folder (``check_pseudo_label_folder``) is a new or empty folder, or one an earlier run wrote (it holds
 pseudo_labels.json); a folder of the segmentation set's images or label maps, or any other non-empty folder, is
 refused, so ground truth is never overwritten. Files are written through temp files + rename, under the folder lock
-OUT/.contextseg.lock (one writer at a time; ``contextseg.engine.predictor.FolderLock``), and pseudo_labels.json says
+OUT/.contextseg.lock (one writer at a time; ``contextseg.engine.outputs.FolderLock``), and pseudo_labels.json says
 ``"complete": false`` until the last label map is written.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ from ...errors import ContextSegError
 from ...metrics import confusion_matrix, format_table, metrics_from_confusion
 from ...models.resize import align_corners_of, resize
 from ...engine.checkpoint import remove_stale_temps
-from ...engine.predictor import LOCK_NAME, FolderLock, make_folder, save_image, write_text
+from ...engine.outputs import LOCK_NAME, FolderLock, make_folder, save_image, write_text
 from ...engine.runtime import autocast, select_device
 from .task import WeakTask, load_ssnet
 
