@@ -209,8 +209,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]):
+    """The command's own parser reads its arguments intermixed, so key=value overrides may also follow the flags
+    (`train CFG --no-progress train.iters=5`); a command with subcommands of its own (zoo) parses plainly."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if not argv or argv[0] not in commands or argv[0] == "zoo":
+        return parser.parse_args(argv)  # --help, a mistyped command, zoo [add]
+    args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(_parser(), sys.argv[1:] if argv is None else list(argv))
     try:
         return COMMANDS[args.command](args)
     except ContextSegError as exc:
@@ -246,7 +257,8 @@ def _train(args) -> int:
     summary = run_training(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # a distributed worker: rank 0 reports
         return 0
-    print(f"done: {summary['step']} steps in {summary['train_seconds']:.0f} s; "
+    resumed = f" ({summary['steps_this_session']} this session)" if args.resume else ""
+    print(f"done: step {summary['step']}{resumed} in {summary['train_seconds']:.0f} s; "
           f"best {100 * summary['best']:.2f} {summary['key_metric']}; checkpoints in {cfg.output_dir}")
     return 0
 

@@ -207,3 +207,11 @@ def test_label_checks_are_cached_by_file(tmp_path, monkeypatch):
     Image.fromarray(np.full((32, 40), 9, np.uint8)).save(mask)  # a changed file is read again, and fails
     with pytest.raises(Exception, match="1 of 5 label files are bad"):
         check_labels(ds)
+
+
+def test_overrides_after_the_flags_are_taken(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", CFG, "--no-progress", *TINY, f"output_dir={out}"]) == 0
+    assert main(["train", CFG, f"output_dir={out}", "--no-progress", *TINY, "train.iters=6", "--resume",
+                 str(out / "last.pt")]) == 0
+    assert "done: step 6 (2 this session)" in capsys.readouterr().out
