@@ -215,3 +215,15 @@ def test_overrides_after_the_flags_are_taken(tmp_path, capsys):
     assert main(["train", CFG, f"output_dir={out}", "--no-progress", *TINY, "train.iters=6", "--resume",
                  str(out / "last.pt")]) == 0
     assert "done: step 6 (2 this session)" in capsys.readouterr().out
+
+
+def test_eval_checks_its_report_path_before_evaluating(trained_run, tmp_path, capsys):
+    code, err = run_cli(capsys, "eval", CFG, *TINY, "--checkpoint", trained_run / "last.pt", "--out", tmp_path,
+                        "--no-progress")
+    assert code == 2
+    one_clear_line(err, "is a folder", "eval.json")
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    code, err = run_cli(capsys, "eval", CFG, *TINY, "--checkpoint", trained_run / "last.pt", "--out",
+                        blocker / "eval.json", "--no-progress")
+    assert code == 2 and "cannot write" in err and blocker.read_text() == "keep"

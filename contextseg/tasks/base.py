@@ -9,6 +9,7 @@ from pathlib import Path
 from ..config import Config
 from ..errors import ContextSegError
 from ..onnx_graph import is_onnx
+from ..engine.checkpoint import write_error
 from ..engine.runtime import write_json
 
 
@@ -69,6 +70,8 @@ class Task:
         if split:
             cfg.data.val_split = split
         self.check(cfg)
+        if out:
+            check_writable(Path(out))  # before the evaluation, not after it
         result, report = self.evaluate(cfg, checkpoints, progress, backend, inference)
         print(self.format(result))
         if out:
@@ -94,3 +97,16 @@ def refuse_inference_options(inference: dict, what: str) -> None:
 def require_val_set(val_set) -> None:
     if val_set is None:
         raise ContextSegError("no split to evaluate: set data.val_split or pass --split")
+
+
+def check_writable(path: Path) -> None:
+    """A report file that can be written: not a folder, its folder creatable and writable (probed)."""
+    if path.is_dir():
+        raise ContextSegError(f"--out {str(path)!r} is a folder; give a file name, e.g. {path / 'eval.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.probe.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise write_error(path, exc) from None
