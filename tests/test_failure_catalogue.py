@@ -1,7 +1,6 @@
 """The bad-input and fault catalogue (docs/reliability.md): for each case the exit status, one line that names the
 problem and the fix, no traceback, and the files that must survive (inputs, labels, earlier runs) unchanged by hash.
 """
-import hashlib
 import os
 import signal
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from catalogue import digests, one_clear_line, run_cli
 from contextseg.cli import main
 from contextseg.engine import trainer as trainer_module
 
@@ -18,30 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CFG = str(ROOT / "configs" / "synthetic_fcn.yaml")
 TINY = ["data.kwargs={num_samples: 16, size: [64, 64]}", "data.crop_size=[64,64]", "data.batch_size=4",
         "data.num_workers=0", "train.iters=4", "train.eval_interval=2", "train.log_interval=1", "train.amp=none"]
-
-
-def digests(*paths) -> dict:
-    out = {}
-    for p in paths:
-        p = Path(p)
-        for f in sorted(p.rglob("*") if p.is_dir() else [p]):
-            if f.is_file():
-                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
-
-
-def run_cli(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    return code, err
-
-
-def one_clear_line(err: str, *words: str) -> None:
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("contextseg ")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +29,7 @@ def trained_run(tmp_path_factory):
 
 def test_train_refuses_a_folder_that_holds_a_run(trained_run, capsys):
     before = digests(trained_run)
-    code, err = run_cli(capsys, "train", CFG, *TINY, f"output_dir={trained_run}", "--no-progress")
+    code, _, err = run_cli(capsys, "train", CFG, *TINY, f"output_dir={trained_run}", "--no-progress")
     assert code == 2
     one_clear_line(err, "holds a run", "--resume", "--overwrite")
     assert digests(trained_run) == before
@@ -70,7 +46,7 @@ def test_train_overwrite_replaces_the_run(trained_run, tmp_path, capsys):
 def test_train_into_a_file_is_refused(tmp_path, capsys):
     target = tmp_path / "not_a_dir"
     target.write_text("keep me")
-    code, err = run_cli(capsys, "train", CFG, *TINY, f"output_dir={target}", "--no-progress")
+    code, _, err = run_cli(capsys, "train", CFG, *TINY, f"output_dir={target}", "--no-progress")
     assert code == 2
     one_clear_line(err, "is a file")
     assert target.read_text() == "keep me"
@@ -86,7 +62,7 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_p
                            "data/0: file write failed, unexpected pos 123")
 
     monkeypatch.setattr(torch, "save", full)
-    code, err = run_cli(capsys, "train", CFG, *TINY, "train.iters=6", f"output_dir={out}", "--resume",
+    code, _, err = run_cli(capsys, "train", CFG, *TINY, "train.iters=6", f"output_dir={out}", "--resume",
                         out / "last.pt", "--no-progress")
     assert code == 2
     one_clear_line(err, "no space left", "last.pt")
@@ -104,7 +80,7 @@ def test_ctrl_c_saves_a_checkpoint_and_names_the_resume(tmp_path, capsys, monkey
         return original(self, batches)
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", step_then_interrupt)
-    code, err = run_cli(capsys, "train", CFG, *TINY, f"output_dir={out}", "--no-progress")
+    code, _, err = run_cli(capsys, "train", CFG, *TINY, f"output_dir={out}", "--no-progress")
     assert code == 130
     one_clear_line(err, "interrupted at step 2", "--resume")
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
@@ -138,7 +114,7 @@ def test_bad_checkpoint_files_are_one_line_and_never_unpickled(tmp_path, capsys,
     else:
         path.write_bytes(os.urandom(512) if content == "random" else b"")
     before = digests(path)
-    code, err = run_cli(capsys, "predict", tmp_path, "--checkpoint", path, "--out", tmp_path / "out")
+    code, _, err = run_cli(capsys, "predict", tmp_path, "--checkpoint", path, "--out", tmp_path / "out")
     assert code == 2 and not Path("/tmp/contextseg_pwned").exists()
     one_clear_line(err, str(path))
     assert "weights_only=False" not in err and ("never unpickles" in err if content == "pickle" else
@@ -159,7 +135,7 @@ def test_bad_checkpoint_files_are_one_line_and_never_unpickled(tmp_path, capsys,
     ("train.grad_clip=abc", ["train.grad_clip", "number"]),
 ])
 def test_config_values_out_of_range_are_one_line(tmp_path, capsys, override, words):
-    code, err = run_cli(capsys, "train", CFG, *TINY, override, f"output_dir={tmp_path / 'run'}", "--no-progress")
+    code, _, err = run_cli(capsys, "train", CFG, *TINY, override, f"output_dir={tmp_path / 'run'}", "--no-progress")
     assert code == 2
     one_clear_line(err, *words)
     assert not (tmp_path / "run").exists()
@@ -168,7 +144,7 @@ def test_config_values_out_of_range_are_one_line(tmp_path, capsys, override, wor
 def test_a_config_key_given_twice_is_refused(tmp_path, capsys):
     cfg = tmp_path / "twice.yaml"
     cfg.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
-    code, err = run_cli(capsys, "train", cfg, "--no-progress")
+    code, _, err = run_cli(capsys, "train", cfg, "--no-progress")
     assert code == 2
     one_clear_line(err, "'lr' is given twice", "line 3")
 
@@ -188,7 +164,7 @@ def test_bad_masks_are_all_reported_before_the_first_step(tmp_path, capsys, monk
     before = digests(root)
     args = ["train", CFG, "data.dataset=folder", f"data.root={root}", "data.val_split=null", "data.crop_size=[48,64]",
             "data.batch_size=2", "data.num_workers=0", "train.iters=2", f"output_dir={tmp_path / 'run'}", "--no-progress"]
-    code, err = run_cli(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     assert code == 2
     one_clear_line(err, "3 of 12 label files are bad", masks[3].name, masks[4].name, masks[7].name, "[77]")
     assert not (tmp_path / "run" / "last.pt").exists() and digests(root) == before
@@ -218,12 +194,12 @@ def test_overrides_after_the_flags_are_taken(tmp_path, capsys):
 
 
 def test_eval_checks_its_report_path_before_evaluating(trained_run, tmp_path, capsys):
-    code, err = run_cli(capsys, "eval", CFG, *TINY, "--checkpoint", trained_run / "last.pt", "--out", tmp_path,
+    code, _, err = run_cli(capsys, "eval", CFG, *TINY, "--checkpoint", trained_run / "last.pt", "--out", tmp_path,
                         "--no-progress")
     assert code == 2
     one_clear_line(err, "is a folder", "eval.json")
     blocker = tmp_path / "file"
     blocker.write_text("keep")
-    code, err = run_cli(capsys, "eval", CFG, *TINY, "--checkpoint", trained_run / "last.pt", "--out",
+    code, _, err = run_cli(capsys, "eval", CFG, *TINY, "--checkpoint", trained_run / "last.pt", "--out",
                         blocker / "eval.json", "--no-progress")
     assert code == 2 and "cannot write" in err and blocker.read_text() == "keep"

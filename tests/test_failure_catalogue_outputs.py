@@ -5,7 +5,6 @@ goes through a temp file + rename; one writer per output folder (a lock file); p
 request; large images run in sliding windows. Each case: the exit status, one line naming the problem and the fix, no
 traceback, and the files that must survive checked by hash.
 """
-import hashlib
 import json
 import os
 import socket
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from catalogue import digests, one_clear_line, run_cli
 from contextseg.cli import main
 from contextseg.data import read_image, read_mask, write_synthetic_weak
 from contextseg.engine.outputs import LOCK_NAME, output_stems
@@ -27,30 +27,6 @@ CFG = str(ROOT / "configs" / "synthetic_fcn.yaml")
 TINY = ["data.kwargs={num_samples: 16, size: [64, 64]}", "data.crop_size=[64,64]", "data.batch_size=4",
         "data.num_workers=0", "train.iters=2", "train.eval_interval=2", "train.log_interval=1", "train.amp=none"]
 WEAK_CFG = str(ROOT / "configs" / "weak" / "ssnet_synthetic.yaml")
-
-
-def digests(*paths) -> dict:
-    out = {}
-    for p in paths:
-        p = Path(p)
-        for f in sorted(p.rglob("*") if p.is_dir() else [p]):
-            if f.is_file():
-                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_clear_line(err: str, *words: str) -> None:
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("contextseg ")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 def picture(path, size=(40, 48), seed=0, **save) -> Path:
