@@ -283,6 +283,6 @@ def test_cli_doctor_end_to_end(tmp_path, capsys):
     assert json.loads((tmp_path / "d" / "doctor.json").read_text())["checks"]["data"]["verdict"] == "FAIL"
 
 
-def test_cli_doctor_unknown_check(capsys):
-    assert main(["doctor", "configs/synthetic_ocr.yaml", "--checks", "init,speed"]) == 2
-    assert "speed" in capsys.readouterr().err
+def test_cli_doctor_unknown_check(tmp_path, capsys):
+    assert main(["doctor", "configs/synthetic_ocr.yaml", f"output_dir={tmp_path / 'run'}", "--checks", "init,speed"]) == 2
+    assert "speed" in capsys.readouterr().err and not (tmp_path / "run").exists()  # refused before any folder
