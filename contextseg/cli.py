@@ -206,13 +206,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--lr-range", type=float, nargs=2, default=[1e-6, 1.0], metavar=("MIN", "MAX"),
                    help="learning rates swept by the lr range test (default: 1e-6 1)")
     d.add_argument("--no-progress", action="store_true")
+    p.commands = sub.choices  # name -> the command's own parser (_parse)
     return p
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]):
     """The command's own parser reads its arguments intermixed, so key=value overrides may also follow the flags
     (`train CFG --no-progress train.iters=5`); a command with subcommands of its own (zoo) parses plainly."""
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    commands = parser.commands
     if not argv or argv[0] not in commands or argv[0] == "zoo":
         return parser.parse_args(argv)  # --help, a mistyped command, zoo [add]
     args = commands[argv[0]].parse_intermixed_args(argv[1:])
