@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="a checkpoint (or zoo:NAME), or several: an ensemble that averages their softmax "
                         "probabilities")
     e.add_argument("--split", help="dataset split to evaluate (default: data.val_split)")
+    e.add_argument("--oracle-regions", nargs="?", const="regions", choices=["regions", "full"], metavar="MODE",
+                   help="GT-OCR (OCR models): also evaluate with the ground truth as the object regions (regions) or as "
+                        "regions and pixel-region relations (full), and report both mIoUs")
     e.add_argument("--out", metavar="JSON", help="also write the metrics as JSON")
     e.add_argument("--no-progress", action="store_true")
     _add_backend_option(e)
@@ -279,7 +282,8 @@ def _eval(args) -> int:
                                   "model with `contextseg eval zoo:NAME`")
         checkpoints = [args.config]
     task_for(cfg).evaluate_checkpoint(cfg, checkpoints, split=args.split, progress=not args.no_progress,
-                                      out=args.out, backend=args.backend, **_inference_kwargs(args))
+                                      out=args.out, backend=args.backend, oracle=args.oracle_regions,
+                                      **_inference_kwargs(args))
     return 0
 
 

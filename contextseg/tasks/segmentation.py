@@ -7,6 +7,7 @@ ensemble of checkpoints (their softmax probabilities averaged, models/ensemble.p
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 from ..config import Config
 from ..data import build_dataset, eval_transform
@@ -19,12 +20,14 @@ from ..engine.checkpoint import model_from_checkpoint
 from ..engine.evaluator import EvalRuntime, evaluate
 from ..engine.outputs import image_batches, skipped_note
 from ..engine.predictor import MAX_PIXELS, Predictor, crop_of
-from ..engine.runtime import select_device
+from ..engine.runtime import autocast, select_device
 from ..errors import ContextSegError
 from ..losses import build_loss_for
-from ..metrics import format_table
+from ..metrics import SegMetric, format_table
 from ..models.ensemble import Ensemble
+from ..models.heads.ocr import OCRHead, oracle_regions
 from ..models.multiscale import configure_inference, inference_spec
+from ..models.resize import align_corners_of
 from ..registry import CLASSIFIERS
 from .base import Setup, Task, require_val_set
 
@@ -71,13 +74,23 @@ class SegmentationTask(Task):
                      self.key_metric, build_batch_mix(cfg.data, ignore_index=train_set.ignore_index))
 
     def format(self, result: dict) -> str:
-        return format_table(result) if result.get("per_class_iou") else ""
+        text = format_table(result) if result.get("per_class_iou") else ""
+        if "oracle" in result:
+            o = result["oracle"]
+            text += (f"\nGT-OCR ({o['mode']}: ground-truth object regions"
+                     f"{' and pixel-region relations' if o['mode'] == 'full' else ''}): mIoU {100 * o['mIoU']:.2f} "
+                     f"against {100 * result['mIoU']:.2f} with the predicted soft regions "
+                     f"({100 * (o['mIoU'] - result['mIoU']):+.2f})")
+        return text
 
     def evaluate(self, cfg: Config, checkpoints: list[str], progress: bool, backend: str | None,
                  inference: dict) -> tuple[dict, dict]:
         """Checkpoints (several: an ensemble averaging softmax probabilities) through the test-time options and an
         inference backend (None: bf16 eager where native, else the exact torch backend; "auto": the fastest exact
         one; an ensemble or an .onnx file runs as it is)."""
+        oracle = inference.pop("oracle", None)
+        if oracle and (len(checkpoints) > 1 or any(v not in (None, False) for v in inference.values())):
+            raise ContextSegError("--oracle-regions evaluates one OCR checkpoint as trained, without test-time options")
         _, val_set = build_datasets(cfg, train=False)
         require_val_set(val_set)
         check_labels(val_set, progress)
@@ -89,7 +102,7 @@ class SegmentationTask(Task):
             model.to(memory_format=torch.channels_last)
         loader = eval_loader(val_set, cfg)
         amp = cfg.train.amp
-        backend = backend or default_backend(amp, device)
+        backend = "eager" if oracle else backend or default_backend(amp, device)  # the oracle needs the module
         if backend != "eager" and len(models) == 1 and getattr(model, "session", None) is None:
             calibration = calibration_batches(cfg) if backend == "int8" else None
             model, amp = prepare(model, backend, next(iter(loader))[0].to(device), amp, device, calibration)
@@ -99,6 +112,13 @@ class SegmentationTask(Task):
         runtime = EvalRuntime(device, amp, cfg.train.channels_last, progress)
         result = self.score(model, loader, val_set, runtime)
         report = {"inference": inference_spec(models[0]), "backend": used}
+        if oracle:
+            if not isinstance(getattr(model, "head", None), OCRHead):
+                raise ContextSegError(f"--oracle-regions replaces the OCR head's object regions; {checkpoints[0]!r} "
+                                      f"has no OCR head (model.arch=ocr)")
+            gt = evaluate_with_oracle(model, loader, val_set, runtime, oracle)
+            result["oracle"] = {"mode": oracle, "mIoU": gt["mIoU"], "pixel_acc": gt["pixel_acc"],
+                                "per_class_iou": gt["per_class_iou"]}
         if len(checkpoints) > 1:
             report["ensemble"] = "mean of softmax probabilities"
         return result, report
@@ -125,6 +145,27 @@ class SegmentationTask(Task):
         note = skipped_note(pred.skipped)
         return f"wrote {len(written)} label maps (+ _color.png, _overlay.jpg{extra}) to {out_dir}" + \
             (f"\n{note}" if note else "")
+
+
+@torch.no_grad()
+def evaluate_with_oracle(model, loader, val_set, runtime: EvalRuntime, mode: str = "regions") -> dict:
+    """GT-OCR (Yuan et al. 2020, Fig. 1): the metrics of ``model`` (an OCR model) when its object regions (and, in
+    mode "full", its pixel-region relations) come from each image's ground truth instead of its soft regions."""
+    metric = SegMetric(val_set.num_classes, val_set.ignore_index, val_set.classes)
+    device, ac = torch.device(runtime.device), align_corners_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for images, labels in tqdm(loader, desc="eval GT-OCR", disable=not runtime.progress, leave=False):
+            images, labels = images.to(device), labels.to(device)
+            if runtime.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with oracle_regions(model, labels, mode), autocast(device, runtime.amp):
+                logits = model(images)["out"]
+            metric.update(logits.float(), labels, ac)
+    finally:
+        model.train(was_training)
+    return metric.compute()
 
 
 def calibration_batches(cfg: Config, count: int = 16) -> list:

@@ -13,9 +13,16 @@ A pixel's representation x_i is augmented with the representations of the object
 u is the concatenation of the resized backbone maps and x = conv3x3(u) the pixel representations. phi and psi are
 two 1x1 conv-BN-ReLU layers, delta, rho and g one each. The 1/sqrt(C_key) scaling is in the official code, not in
 the paper's equation.
+
+GT-OCR (the paper's Fig. 1 oracle, openseg's ``use_gt``): ``OCRHead.oracle`` set to ground-truth labels (B, H, W)
+replaces the soft object regions by the one-hot ground truth, downsampled (nearest) to the pixel map: f_k is then the
+mean of x over the pixels of class k (ignored pixels form one more region, as openseg's ``label_to_onehot``), and in
+mode "full" also w_ik by the pixel's own class (w_ik = 1 for its class). ``oracle_regions(model, labels, mode)``
+sets it for one forward pass.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -39,9 +46,13 @@ class SpatialGather(nn.Module):
     apply to the region vectors).
     """
 
-    def forward(self, feats: Tensor, probs: Tensor) -> Tensor:
-        b, k = probs.shape[:2]
-        weights = F.softmax(upcast(probs.reshape(b, k, -1)), dim=2).to(feats.dtype)  # (B, K, HW), softmax over pixels
+    def forward(self, feats: Tensor, probs: Tensor, onehot: Tensor | None = None) -> Tensor:
+        """``onehot`` (B, K', H, W) ground-truth regions (GT-OCR): f_k = the mean of x over region k instead."""
+        if onehot is not None:
+            weights = F.normalize(onehot.flatten(2).float(), p=1, dim=2).to(feats.dtype)  # (B, K', HW)
+        else:
+            b, k = probs.shape[:2]
+            weights = F.softmax(upcast(probs.reshape(b, k, -1)), dim=2).to(feats.dtype)  # (B, K, HW), over pixels
         pixels = feats.permute(0, 2, 3, 1).flatten(1, 2)  # (B, HW, C): a view when feats is channels_last
         regions = torch.matmul(weights, pixels)  # (B, K, C)
         return regions.permute(0, 2, 1).unsqueeze(3)
@@ -67,13 +78,17 @@ class ObjectAttentionBlock(nn.Module):
         self.f_down = nn.Sequential(nn.Conv2d(c, ck, 1, bias=False), bn_relu(ck))  # delta
         self.f_up = nn.Sequential(nn.Conv2d(ck, c, 1, bias=False), bn_relu(c))  # rho
 
-    def forward(self, x: Tensor, proxy: Tensor) -> Tensor:
+    def forward(self, x: Tensor, proxy: Tensor, relations: Tensor | None = None) -> Tensor:
+        """``relations`` (B, HW, K) given (GT-OCR "full": each pixel's one-hot class) replace w."""
         b, _, h, w = x.shape
-        query = self.f_pixel(x).permute(0, 2, 3, 1).flatten(1, 2)  # (B, HW, Ck)
-        key = self.f_object(proxy).flatten(2)  # (B, Ck, K)
         value = self.f_down(proxy).flatten(2).transpose(1, 2)  # (B, K, Ck)
-        sim = torch.matmul(query, key) * self.key_channels**-0.5  # (B, HW, K)
-        sim = F.softmax(upcast(sim), dim=-1).to(value.dtype)
+        if relations is not None:
+            sim = relations.to(value.dtype)
+        else:
+            query = self.f_pixel(x).permute(0, 2, 3, 1).flatten(1, 2)  # (B, HW, Ck)
+            key = self.f_object(proxy).flatten(2)  # (B, Ck, K)
+            sim = torch.matmul(query, key) * self.key_channels**-0.5  # (B, HW, K)
+            sim = F.softmax(upcast(sim), dim=-1).to(value.dtype)
         context = torch.matmul(sim, value)  # (B, HW, Ck)
         context = context.reshape(b, h, w, self.key_channels).permute(0, 3, 1, 2)  # NCHW view, channels_last strides
         return self.f_up(context)
@@ -93,8 +108,8 @@ class SpatialOCR(nn.Module):
             nn.Conv2d(2 * in_channels, out_channels, 1, bias=False), bn_relu(out_channels), nn.Dropout2d(dropout)
         )
 
-    def forward(self, feats: Tensor, proxy: Tensor) -> Tensor:
-        context = self.object_context_block(feats, proxy)
+    def forward(self, feats: Tensor, proxy: Tensor, relations: Tensor | None = None) -> Tensor:
+        context = self.object_context_block(feats, proxy, relations)
         return self.conv_bn_dropout(torch.cat([context, feats], dim=1))
 
 
@@ -130,11 +145,42 @@ class OCRHead(DecodeHead):
         self.aux_head = nn.Sequential(
             *conv_bn_relu(c, c, kernel_size=1, bias=True), nn.Conv2d(c, num_classes, kernel_size=1)
         )
+        self.oracle: Tensor | None = None  # ground-truth labels (B, H, W) for GT-OCR (oracle_regions)
+        self.oracle_mode = "regions"
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         u = self.inputs(feats)  # (B, sum C_i, H_0, W_0)
         aux = self.aux_head(u)  # soft object regions
         x = self.conv3x3_ocr(u)
-        regions = self.ocr_gather_head(x, aux)
-        x = self.ocr_distri_head(x, regions)
+        onehot = relations = None
+        if self.oracle is not None:
+            onehot = label_onehot(self.oracle, self.num_classes, x.shape[-2:])  # (B, K + 1, H_0, W_0)
+            if self.oracle_mode == "full":
+                relations = onehot.flatten(2).transpose(1, 2)  # (B, HW, K + 1): each pixel's own region
+        regions = self.ocr_gather_head(x, aux, onehot)
+        x = self.ocr_distri_head(x, regions, relations)
         return {"out": self.cls_head(x), "aux": aux}
+
+
+def label_onehot(labels: Tensor, num_classes: int, size) -> Tensor:
+    """(B, H, W) labels in 0..K-1 or ignore -> (B, K + 1, h, w) one-hot at ``size`` (nearest); channel K marks
+    the ignored pixels (openseg ``label_to_onehot``)."""
+    small = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+    small = torch.where((small >= 0) & (small < num_classes), small, torch.full_like(small, num_classes))
+    return F.one_hot(small, num_classes + 1).permute(0, 3, 1, 2).float()
+
+
+@contextmanager
+def oracle_regions(model: nn.Module, labels: Tensor, mode: str = "regions"):
+    """GT-OCR for the forward passes inside the block: ``model``'s OCR head uses ``labels`` (B, H, W) as its object
+    regions ("regions") or as regions and pixel-region relations ("full")."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, OCRHead):
+        raise TypeError("oracle regions need a model with an OCR head")
+    if mode not in ("regions", "full"):
+        raise ValueError(f"oracle mode must be 'regions' or 'full', got {mode!r}")
+    head.oracle, head.oracle_mode = labels, mode
+    try:
+        yield model
+    finally:
+        head.oracle = None
