@@ -44,7 +44,9 @@ class ImageFolderClassification(Dataset):
     """Class-subfolder images -> (image tensor, class index); see the module docstring for layouts and splits.
 
     ``size=[H, W]`` resizes every image (needed when the files differ in size); ``transform(image, None)`` gives
-    the tensor (default: normalisation only).
+    the tensor (default: normalisation only). ``transform_seed`` (an int) draws a random transform of sample i with
+    torch seeded by (transform_seed, i), the same at every call: a fixed distorted validation set
+    (``distorted_eval_transform``).
     """
 
     task = "classification"
@@ -52,7 +54,7 @@ class ImageFolderClassification(Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str | None = "train", transform: Callable | None = None,
                  classes: Sequence[str] | None = None, val_every: int = 10, size: Sequence[int] | None = None,
-                 name: str = "image_folder"):
+                 name: str = "image_folder", transform_seed: int | None = None):
         root = Path(root).expanduser()
         if not root.is_dir():
             raise ContextSegError(f"{name} folder not found: {root}. Expected {root}/<class>/*.jpg or "
@@ -90,6 +92,7 @@ class ImageFolderClassification(Dataset):
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.transform = transform if transform is not None else eval_transform()
         self.root, self.split, self.name = root, split, name
+        self.transform_seed = transform_seed
         self._shape: tuple | None = None
 
     def __len__(self) -> int:
@@ -111,7 +114,11 @@ class ImageFolderClassification(Dataset):
 
     def __getitem__(self, i: int):
         image, label = self.raw(i)
-        return self.transform(image, None)[0], label
+        if self.transform_seed is None:
+            return self.transform(image, None)[0], label
+        with torch.random.fork_rng(devices=[]):  # the same random transform of sample i at every call
+            torch.manual_seed(int(self.transform_seed) * 1_000_003 + int(i))
+            return self.transform(image, None)[0], label
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name}, split={self.split!r}, {len(self)} images, "
@@ -139,15 +146,67 @@ image_folder.task = cifar10.task = "classification"
 
 
 def classification_train_transform(crop_size: Sequence[int] = (32, 32), pad: int = 4, hflip: bool = True,
-                                   mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> SegTransform:
+                                   mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
+                                   distort: dict | None = None) -> SegTransform:
     """The CIFAR augmentation (He et al. 2016, Sec. 4.2): ``pad`` zero pixels on each side, a random crop_size crop,
-    horizontal flip with probability 0.5, then normalisation. (H, W, 3) uint8 -> (3, crop H, crop W) float32."""
+    horizontal flip with probability 0.5, then normalisation. (H, W, 3) uint8 -> (3, crop H, crop W) float32.
+    ``distort`` (a dict, see ``random_distortion``) first applies a random affine distortion to the image."""
     h, w = int(crop_size[0]), int(crop_size[1])
-    steps: list = [A.Pad(padding=int(pad), fill=0, border_mode=cv2.BORDER_CONSTANT)] if pad else []
+    steps: list = [random_distortion(**distort)] if distort else []
+    steps += [A.Pad(padding=int(pad), fill=0, border_mode=cv2.BORDER_CONSTANT)] if pad else []
     steps += [A.RandomCrop(h, w, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=0)]
     steps += [A.HorizontalFlip(p=0.5)] if hflip else []
     steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)]
     return SegTransform(steps, random=True)
+
+
+# --- random affine distortion (the task of the spatial transformer experiments) ---
+
+DISTORT_OPTIONS = ("rotate", "scale", "translate")
+
+
+def random_distortion(rotate: float = 0.0, scale: float | Sequence[float] = (1.0, 1.0),
+                      translate: float = 0.0) -> A.Affine:
+    """A random affine distortion of the whole image, as the distorted MNIST of the spatial transformer paper
+    (Jaderberg et al. 2015, Sec. 4.1: rotated, scaled, translated digits): a rotation by an angle uniform in
+    [-rotate, rotate] degrees, an isotropic scale uniform in [scale[0], scale[1]] (a number s: [s, s]), a translation
+    uniform in [-translate, translate] of the width and (independently) of the height, all about the image centre;
+    bilinear, the uncovered border black (0, as the CIFAR padding). ``data.kwargs.distort``, e.g.
+    {rotate: 45, scale: [0.7, 1.2], translate: 0.15}."""
+    lo, hi = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
+    if not 0 < float(lo) <= float(hi):
+        raise ContextSegError(f"distort.scale must be a number > 0 or [min, max] with 0 < min <= max, got {scale!r}")
+    if not 0 <= float(rotate) <= 180:
+        raise ContextSegError(f"distort.rotate is the largest angle in degrees, 0..180, got {rotate!r}")
+    if not 0 <= float(translate) < 1:
+        raise ContextSegError(f"distort.translate is the largest shift as a fraction of the image, 0 <= t < 1, got "
+                              f"{translate!r}")
+    r, t = float(rotate), float(translate)
+    return A.Affine(scale=(float(lo), float(hi)), keep_ratio=True, translate_percent=(-t, t), rotate=(-r, r),
+                    interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)
+
+
+def check_distort(distort) -> dict | None:
+    """``data.kwargs.distort`` -> the options of ``random_distortion`` (None / empty: no distortion)."""
+    if not distort:
+        return None
+    if not isinstance(distort, dict):
+        raise ContextSegError(f"data.kwargs.distort must be a mapping, e.g. {{rotate: 45, scale: [0.7, 1.2], "
+                              f"translate: 0.15}}, got {distort!r}")
+    unknown = sorted(set(distort) - set(DISTORT_OPTIONS))
+    if unknown:
+        raise ContextSegError(f"unknown distort option(s) {unknown}; it takes: {', '.join(DISTORT_OPTIONS)}")
+    random_distortion(**distort)  # checks the values
+    return dict(distort)
+
+
+def distorted_eval_transform(distort: dict, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> SegTransform:
+    """The random distortion, then normalisation: the validation images of a distorted task (no crop, no flip).
+    Random: give the dataset a ``transform_seed`` so that each image is distorted the same way at every pass."""
+    return SegTransform([random_distortion(**distort), A.Normalize(mean=tuple(mean), std=tuple(std),
+                                                                  max_pixel_value=255.0)], random=True)
+
+# --- end random affine distortion ---
 
 
 class LabelCutMix:

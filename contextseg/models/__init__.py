@@ -18,10 +18,12 @@ from .heads.aux import AuxFCNHead
 from .multiscale import MultiScale, sliding_window_inference
 from .resize import DEFAULT_ALIGN_CORNERS, align_corners_of, set_align_corners
 from .segmentor import Segmentor
+from .stn import SpatialTransformer, STNClassifier, build_stn  # spatial transformers (stn=...)
 
 __all__ = [
     "create_model", "list_models", "list_backbones", "Segmentor", "fuse_conv_bn", "MultiScale",
     "sliding_window_inference", "align_corners_of", "set_align_corners",
+    "SpatialTransformer", "STNClassifier",  # spatial transformers
 ]
 
 
@@ -44,6 +46,7 @@ def create_model(
     multiscale: dict | None = None,
     aux: bool | dict | None = None,
     align_corners: bool = DEFAULT_ALIGN_CORNERS,
+    stn: bool | dict | None = None,
     **kwargs,
 ) -> Segmentor | MultiScale:
     """Build ``arch`` (e.g. "fcn", "ocr", "psp") on ``backbone`` (e.g. "hrnetv2_w48", "resnet101").
@@ -69,6 +72,12 @@ def create_model(
     and predictions aligns the grids; it is part of the model (a model trained one way and run the other way gives
     other outputs) and recorded in ``init_args`` and checkpoints.
 
+    ``stn`` (classifiers only: "gap", "saol") puts a ``SpatialTransformer`` (Jaderberg et al. 2015, models/stn.py)
+    in front of the backbone: True for its defaults (affine, identity at the start), a dict for its options
+    (``mode: crop``, ``output_size``, the localisation net's widths); the output dict gains "stn_theta" (B, 2, 3) and,
+    in eval mode, "stn_input" (the transformed input). None / False (default) builds the plain model, whose parameter
+    names do not change.
+
     ``model.init_args`` records every argument in this flat form, so ``create_model(**model.init_args)`` rebuilds
     the same model (same parameter names and shapes; weights are initialised afresh).
     """
@@ -82,6 +91,9 @@ def create_model(
     if classifier and (aux or multiscale is not None):
         raise ContextSegError(f"model {arch!r} is an image classifier (B, K logits): it takes neither aux nor "
                               f"multiscale; drop them")
+    if stn not in (None, False) and not classifier:  # spatial transformer: classifiers only
+        raise ContextSegError(f"stn (a spatial transformer in front of the backbone) is for the image classifiers "
+                              f"{', '.join(CLASSIFIERS.names())}; model {arch!r} is a segmentation head: drop stn")
     _positive_int("num_classes", num_classes, "set it to the number of classes in your labels (19 for Cityscapes)")
     _positive_int("in_channels", in_channels, "use 3 for RGB images, 1 for grayscale")
     backbone_opts = _option_names(build_backbone, skip={"in_channels"})
@@ -104,9 +116,14 @@ def create_model(
         ) from None
     body = build_backbone(in_channels=in_channels, **backbone_kwargs)
     head = build_head(body, num_classes, **head_kwargs)
-    model = set_align_corners(Segmentor(body, head, _aux_head(aux, arch, backbone, body, num_classes)), align_corners)
+    aux_head = _aux_head(aux, arch, backbone, body, num_classes)
+    stn_module = build_stn(stn, in_channels)  # spatial transformer: None unless stn is given
+    model = Segmentor(body, head, aux_head) if stn_module is None else STNClassifier(stn_module, body, head, aux_head)
+    model = set_align_corners(model, align_corners)
     model.init_args = dict(arch=arch, backbone=backbone, num_classes=num_classes, in_channels=in_channels,
                            align_corners=bool(align_corners), **kwargs)
+    if stn_module is not None:  # spatial transformer
+        model.init_args["stn"] = True if stn is True else dict(stn)
     if aux is not None:
         model.init_args["aux"] = aux
     if multiscale is None:

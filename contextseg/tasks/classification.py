@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..data import build_dataset, build_label_mix, classification_train_transform, eval_transform, read_image
+from ..data.classification import check_distort, distorted_eval_transform
+from ..data.transforms import denormalize
 from ..engine import distributed as dist_utils
 from ..engine.builders import build_model_for, eval_loader, load_for_eval
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, remove_stale_temps
@@ -31,6 +33,8 @@ from ..metrics import accuracy_from_confusion, confusion_matrix
 from ..registry import CLASSIFIERS
 from ..visualize import heatmap
 from .base import Setup, Task, one_pt_checkpoint, refuse_inference_options, require_val_set
+
+DISTORT_VAL_SEED = 0  # data.kwargs.distort: the validation images' distortions (the same in every run)
 
 
 class ClassificationTask(Task):
@@ -93,15 +97,22 @@ class ClassificationTask(Task):
 
 
 def build_datasets(cfg: Config, train: bool = True):
-    """(train set with the CIFAR augmentation or None, val set or None); ``data.kwargs.pad`` (4) is the crop padding."""
+    """(train set with the CIFAR augmentation or None, val set or None); ``data.kwargs.pad`` (4) is the crop padding.
+    ``data.kwargs.distort`` ({rotate, scale, translate}: ``data.classification.random_distortion``) distorts the
+    training images (before the padding and crop) and the validation images, each of those the same way at every
+    evaluation (seeded by its index and DISTORT_VAL_SEED, not by the run's seed: every run sees the same set)."""
     d = cfg.data
     kwargs = dict(d.kwargs)
     pad = kwargs.pop("pad", 4)
+    distort = check_distort(kwargs.pop("distort", None))
     train_set = None
     if train:
-        tf = classification_train_transform(tuple(d.crop_size), pad=pad, hflip=d.hflip)
+        tf = classification_train_transform(tuple(d.crop_size), pad=pad, hflip=d.hflip, distort=distort)
         train_set = build_dataset(d.dataset, d.train_split, root=d.root, transform=tf, **kwargs)
-    val_set = build_dataset(d.dataset, d.val_split, root=d.root, transform=eval_transform(), **kwargs) \
+    val_tf, val_kwargs = eval_transform(), kwargs
+    if distort:  # a fixed distorted validation set
+        val_tf, val_kwargs = distorted_eval_transform(distort), dict(kwargs, transform_seed=DISTORT_VAL_SEED)
+    val_set = build_dataset(d.dataset, d.val_split, root=d.root, transform=val_tf, **val_kwargs) \
         if d.val_split else None
     return train_set, val_set
 
@@ -141,8 +152,9 @@ def predict_files(checkpoint, inputs, out_dir, device: str = "auto", amp: str = 
                   skip_bad: bool = False) -> list:
     """Classify images with a checkpoint (a path or a ``load_checkpoint`` dict): prints ``NAME: class (prob)`` per
     image, writes OUT/predictions.json and, for a SAOL model, OUT/STEM_attention.png (the image beside its spatial
-    attention map, upsampled bilinearly and shown as a heatmap scaled to its maximum). Images of another size than
-    the training crop are resized to it.
+    attention map, upsampled bilinearly and shown as a heatmap scaled to its maximum); for a model with a spatial
+    transformer, OUT/STEM_stn.png (the image beside the transformed image its backbone saw; ``stn_picture``) and
+    "stn_theta" in predictions.json. Images of another size than the training crop are resized to it.
 
     As ``Predictor.predict_files``: an OUT that holds input images is refused, same-stem images get distinct names
     (``output_stems``), every file goes through a temp file + rename, OUT/.contextseg.lock keeps a second writer
@@ -155,7 +167,7 @@ def predict_files(checkpoint, inputs, out_dir, device: str = "auto", amp: str = 
         raise ContextSegError(f"cannot read image {bad[0][0]} ({bad[0][1]}); replace or remove it, or pass "
                               f"--skip-bad to predict the other images and list the unreadable ones")
     skipped, skip = list(bad), {p for p, _ in bad}
-    stems = output_stems(images, ("_attention",))
+    stems = output_stems(images, ("_attention", "_stn"))
     dev = select_device(device)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, dev, source=str(checkpoint) if not isinstance(checkpoint, dict) else "")
@@ -189,6 +201,10 @@ def predict_files(checkpoint, inputs, out_dir, device: str = "auto", amp: str = 
             if "attention" in out:
                 row["attention"] = str(out_dir / f"{stem}_attention.png")
                 save_image(attention_picture(image, out["attention"].float()[0, 0].cpu().numpy()), row["attention"])
+            if "stn_input" in out:  # spatial transformer: the input beside what the backbone saw
+                row["stn"] = str(out_dir / f"{stem}_stn.png")
+                row["stn_theta"] = [[round(float(v), 6) for v in r] for r in out["stn_theta"].float()[0].cpu()]
+                save_image(stn_picture(image, denormalize(out["stn_input"].float()[0].cpu())), row["stn"])
             print(f"{path.name}: {row['class']} ({100 * row['prob']:.1f}%)")
             rows.append(row)
         write_text(out_dir / "predictions.json", json.dumps(rows, indent=2))
@@ -205,3 +221,13 @@ def attention_picture(image: np.ndarray, attention: np.ndarray, min_side: int = 
     heat = heatmap(att, 0.0, float(att.max()) or 1.0)
     blend = (0.4 * big.astype(np.float32) + 0.6 * heat.astype(np.float32)).astype(np.uint8)
     return np.concatenate([big, blend], axis=1)
+
+
+def stn_picture(image: np.ndarray, transformed: np.ndarray, min_side: int = 128) -> np.ndarray:
+    """(H, W, 3) uint8 image and (h, w, 3) uint8 spatial-transformer output -> the two side by side, enlarged (nearest)
+    to >= min_side px; the output is brought to the image's height."""
+    f = max(1, math.ceil(min_side / min(image.shape[:2])))
+    big = cv2.resize(image, (image.shape[1] * f, image.shape[0] * f), interpolation=cv2.INTER_NEAREST)
+    width = max(1, round(transformed.shape[1] * big.shape[0] / transformed.shape[0]))
+    moved = cv2.resize(np.ascontiguousarray(transformed), (width, big.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return np.concatenate([big, moved], axis=1)
