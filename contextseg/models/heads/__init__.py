@@ -12,11 +12,12 @@ from .ocr import OCRHead, SpatialGather, SpatialOCR, ObjectAttentionBlock
 from .psp import PSPHead
 from .saliency import CPFE, PFAHead
 from .saol import GAPFCHead, SAOLHead
+from .segtr import SegTransformerHead, segtr_from_ocr
 from .ssnet import SaliencyAggregation, SSNetHead
 
 __all__ = [
     "HRNetV2Head", "OCRHead", "SpatialGather", "SpatialOCR", "ObjectAttentionBlock",
     "FeatureAdapter", "FCN8sHead", "PSPHead", "ASPPHead", "ASPPLHead", "LargeFOVHead", "NonLocalHead",
     "DANetHead", "AuxFCNHead", "PFAHead", "CPFE", "SAOLHead", "GAPFCHead", "SSNetHead",
-    "SaliencyAggregation",
+    "SaliencyAggregation", "SegTransformerHead", "segtr_from_ocr",
 ]
