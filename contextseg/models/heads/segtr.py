@@ -128,6 +128,19 @@ def _self_attend(attn: nn.MultiheadAttention, x: Tensor) -> Tensor:
     return y.transpose(1, 2).reshape(b, c, h, w)
 
 
+def add_sublayers(module: nn.Module, m: int, num_heads: int, dropout: float, norm, self_attention: bool,
+                  ffn_channels: int | None) -> None:
+    """The optional sublayers of a decoder or encoder stream: self-attention (+ its norm), the cross-attention's
+    norm, an FFN (+ its norm)."""
+    if self_attention:
+        module.self_attn = nn.MultiheadAttention(m, num_heads, dropout=dropout, batch_first=True)
+        module.norm_sa = channel_norm(norm, m)
+    module.norm_ca = channel_norm(norm, m)
+    if ffn_channels is not None:
+        module.ffn = ffn(m, ffn_channels, dropout)
+        module.norm_ffn = channel_norm(norm, m)
+
+
 class SegTrDecoder(nn.Module):
     """The decoder: K category queries -> K object region representations (OCR steps 1-2).
 
@@ -164,13 +177,7 @@ class SegTrDecoder(nn.Module):
         self.out_proj = nn.Linear(m, m) if value_proj else None
         self.attn_drop = nn.Dropout(dropout)
         self.drop = nn.Dropout(dropout)
-        if self_attention is not None:
-            self.self_attn = nn.MultiheadAttention(m, num_heads, dropout=dropout, batch_first=True)
-            self.norm_sa = channel_norm(norm, m)
-        self.norm_ca = channel_norm(norm, m)
-        if ffn_channels is not None:
-            self.ffn = ffn(m, ffn_channels, dropout)
-            self.norm_ffn = channel_norm(norm, m)
+        add_sublayers(self, m, num_heads, dropout, norm, self_attention is not None, ffn_channels)
 
     def _sublayer(self, t: Tensor | None, y: Tensor, norm: nn.Module) -> Tensor:
         return norm(t + self.drop(y)) if self.residual and t is not None else norm(y)
@@ -238,13 +245,7 @@ class SegTrEncoder(nn.Module):
         self.f_down = nn.Sequential(nn.Conv2d(m, ck, 1, bias=False), bn_relu(ck))
         self.f_up = nn.Sequential(nn.Conv2d(ck, m, 1, bias=False), bn_relu(m))
         self.drop = nn.Dropout(dropout)
-        if self_attention:
-            self.self_attn = nn.MultiheadAttention(m, num_heads, dropout=dropout, batch_first=True)
-            self.norm_sa = channel_norm(norm, m)
-        self.norm_ca = channel_norm(norm, m)
-        if ffn_channels is not None:
-            self.ffn = ffn(m, ffn_channels, dropout)
-            self.norm_ffn = channel_norm(norm, m)
+        add_sublayers(self, m, num_heads, dropout, norm, bool(self_attention), ffn_channels)
 
     def _sublayer(self, t: Tensor, y: Tensor, norm: nn.Module) -> Tensor:
         return norm(t + self.drop(y)) if self.residual else norm(y)
