@@ -7,6 +7,7 @@ One resumable command per claim (run it again after a kill, or with more --seeds
     .venv/bin/python benchmarks/compare.py merges --seeds 0 1 train.iters=1000
     .venv/bin/python benchmarks/compare.py saol   --seeds 0 1        # CIFAR-10 ResNet-20, the config's 7000 its
     .venv/bin/python benchmarks/compare.py pfa    --seeds 0 1        # ECSSD PFA VGG-16, the config's 1000 its
+    .venv/bin/python benchmarks/compare.py stn    --seeds 0 1        # distorted CIFAR-10, GAP-FC with / without STN
     .venv/bin/python benchmarks/compare.py heads --list                     # the runs and their commands
     .venv/bin/python benchmarks/compare.py heads --base CFG --only fcn,ocr  # a subset ("--all" adds the optional ones)
 
@@ -14,8 +15,9 @@ Suites (each experiment = the base config + its overrides + your key=value overr
 default base config per suite, --base replaces it; the baseline every other experiment is judged against):
 
     heads   fcn, psp, aspp, nonlocal, ocr, danet   model.arch=...; on HRNet every head uses all four maps (their
-            base CamVid OCR, baseline fcn          default in_index); OCR has an auxiliary output ("aux"), DANet
-                                                   two ("pam", "cam", weight 1 each as its code)
+            (+ segtr)                              default in_index); OCR has an auxiliary output ("aux"), DANet
+            base CamVid OCR, baseline fcn          two ("pam", "cam", weight 1 each as its code); segtr: OCR as
+                                                   a Segmentation Transformer (models/heads/segtr.py)
     losses  ce, ohem, focal, ce_mfb, ce_cutmix,    loss.name / loss.kwargs / data.mix; copy_paste pastes the classes of
             ce_copy_paste  (+ ohem_cutmix,         --copy-paste-classes (default: CamVid's rare pole 2, sign 6,
             ohem_copy_paste, focal_copy_paste)     pedestrian 9, bicyclist 10)
@@ -33,6 +35,8 @@ default base config per suite, --base replaces it; the baseline every other expe
     pfa     full, no_ca, no_sa, no_attention       model.kwargs channel_attention / spatial_attention: PFA with both
                                                    modules; without CA; without SA; without both
             base configs/ecssd/pfa_vgg16.yaml, baseline full
+    stn     gap, stn                               model.kwargs.stn: GAP-FC on randomly distorted CIFAR-10 without / with a
+            base configs/cifar10/gap_resnet20_distorted.yaml, baseline gap     spatial transformer (= stn_resnet20.yaml)
 
 Seeds: --seeds S [S ...] (default: the base config's seed). Each (experiment, seed) is one run in
 OUTPUT = RUNS_ROOT/<suite>/<name> for the base config's seed (the directory of a run without --seeds) and
@@ -84,11 +88,12 @@ from contextseg.config import Config, load_config, parse_overrides
 from contextseg.losses import SEGMENTATION_WEIGHTS
 from contextseg.tasks import declared_task
 
-SUITES = ("heads", "losses", "merges", "saol", "pfa")
+SUITES = ("heads", "losses", "merges", "saol", "pfa", "stn")
 CAMVID_BASE = "configs/camvid/ocr_hrnetv2_w18s_v2.yaml"
 DEFAULT_BASE = {"heads": CAMVID_BASE, "losses": CAMVID_BASE, "merges": CAMVID_BASE,
-                "saol": "configs/cifar10/saol_resnet20.yaml", "pfa": "configs/ecssd/pfa_vgg16.yaml"}
-BASELINE = {"heads": "fcn", "losses": "ce", "merges": "single", "saol": "gap", "pfa": "full"}
+                "saol": "configs/cifar10/saol_resnet20.yaml", "pfa": "configs/ecssd/pfa_vgg16.yaml",
+                "stn": "configs/cifar10/gap_resnet20_distorted.yaml"}
+BASELINE = {"heads": "fcn", "losses": "ce", "merges": "single", "saol": "gap", "pfa": "full", "stn": "gap"}
 # per key metric (summary.json "key_metric"): the final metrics a row records besides the key metric itself
 TASK_NUMBERS = {"mIoU": ("mIoU", "pixel_acc", "mean_acc"), "max_f": ("max_f", "mae", "s_measure"),
                 "top1": ("top1", "top1_gap")}
@@ -125,7 +130,9 @@ def suite_experiments(suite: str, base: Config, copy_paste_classes=CAMVID_RARE,
         danet_weights = {**(base.loss.weights or SEGMENTATION_WEIGHTS), "pam": 1.0, "cam": 1.0}  # DANet's three losses, equal weights
         return [Experiment(arch, [f"model.arch={arch}"], note) for arch, note in notes.items()] + [
             Experiment("danet", ["model.arch=danet", f"loss.weights={_flow(danet_weights)}"],
-                       "dual attention (position + channel), losses on out, pam, cam")]
+                       "dual attention (position + channel), losses on out, pam, cam"),
+            Experiment("segtr", ["model.arch=segtr"], "OCR as a Segmentation Transformer (8 heads, layer norm, FFN, "
+                       "query self-attention; + aux soft-region loss)", default=False)]
     if suite == "losses":
         cp = f"data.mix_kwargs={_flow({'classes': [int(c) for c in copy_paste_classes]})}"
         cut = ["data.mix=cutmix", "data.mix_prob=0.5", "data.mix_kwargs={alpha: 1.0}"]
@@ -217,6 +224,12 @@ def suite_experiments(suite: str, base: Config, copy_paste_classes=CAMVID_RARE,
             Experiment("no_sa", attention(spatial_attention=False), "PFA without spatial attention (SA)"),
             Experiment("no_attention", attention(channel_attention=False, spatial_attention=False),
                        "PFA without CA and SA"),
+        ]
+    if suite == "stn":
+        return [
+            Experiment("gap", [], "GAP-FC on randomly rotated, scaled and shifted CIFAR-10 (the base config)"),
+            Experiment("stn", [f"model.kwargs={_flow({**base.model.kwargs, 'stn': {'mode': 'affine'}})}"],
+                       "the same with a spatial transformer (affine) before the backbone"),
         ]
     raise SystemExit(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
 

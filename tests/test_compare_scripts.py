@@ -266,3 +266,15 @@ def test_compare_over_two_seeds_end_to_end(tmp_path):
     rows = json.loads((results / "compare_losses.json").read_text())["rows"]
     assert [(r["run"], r["status"], Path(r["reused_from"]).name) for r in rows] == [
         ("ce", "reused", "fcn"), ("ce@seed1", "reused", "fcn@seed1")]
+
+
+def test_stn_suite_is_the_shipped_configs():
+    base = compare.load_config("configs/cifar10/gap_resnet20_distorted.yaml")
+    runs = {e.name: e for e in compare.suite_experiments("stn", base)}
+    stn = compare.load_config("configs/cifar10/gap_resnet20_distorted.yaml", runs["stn"].overrides)
+    shipped = compare.load_config("configs/cifar10/stn_resnet20.yaml")
+    ignore = {"name", "output_dir"}
+    assert not compare.config_diff(stn.to_dict(), shipped.to_dict(), ignore)
+    assert compare.BASELINE["stn"] == "gap" and runs["gap"].overrides == []
+    heads = {e.name: e for e in compare.suite_experiments("heads", compare.load_config(compare.CAMVID_BASE))}
+    assert heads["segtr"].overrides == ["model.arch=segtr"] and not heads["segtr"].default
