@@ -191,3 +191,12 @@ def test_errors():
         SegTransformerHead(WIDTHS, K, decoder_self_attention="middle")
     with pytest.raises(ContextSegError, match="needs an OCRHead"):
         segtr_from_ocr(SegTransformerHead(WIDTHS, K))
+
+
+def test_flops_count_and_leaves_parameters_trainable():
+    from contextseg.engine.bench import gflops_per_image
+
+    model = create_model("segtr", backbone="hrnetv2_w18_small_v1", num_classes=3, mid_channels=32, key_channels=16,
+                         num_heads=2).eval()
+    assert gflops_per_image(model, (32, 48)) > 0
+    assert all(p.requires_grad for p in model.parameters())

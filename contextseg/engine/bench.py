@@ -48,12 +48,20 @@ def gflops_per_image(model: nn.Module, size, in_channels: int = 3) -> float | No
     """Forward GFLOPs of one image (2 FLOPs per multiply-add, torch's FLOP counter); None where it cannot count."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    # parameters frozen for the count: the counter's module tracker fails on views of parameters made under
+    # no_grad (e.g. learned queries expanded over the batch), which require grad without a grad_fn
+    frozen = [p for p in model.parameters() if p.requires_grad]
     try:
+        for p in frozen:
+            p.requires_grad_(False)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(torch.zeros(1, in_channels, *size, device=next(model.parameters()).device))
         return counter.get_total_flops() / 1e9
     except Exception:  # a model the counter cannot trace: the rows go without GFLOP/s
         return None
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 @torch.no_grad()
