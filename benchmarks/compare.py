@@ -127,7 +127,8 @@ def suite_experiments(suite: str, base: Config, copy_paste_classes=CAMVID_RARE,
             "nonlocal": "self-attention (non-local) head, mmseg NLHead layout",
             "ocr": "object-contextual representations (+ aux soft-region loss)",
         }
-        danet_weights = {**(base.loss.weights or SEGMENTATION_WEIGHTS), "pam": 1.0, "cam": 1.0}  # DANet's three losses, equal weights
+        # DANet's three losses, equal weights
+        danet_weights = {**(base.loss.weights or SEGMENTATION_WEIGHTS), "pam": 1.0, "cam": 1.0}
         return [Experiment(arch, [f"model.arch={arch}"], note) for arch, note in notes.items()] + [
             Experiment("danet", ["model.arch=danet", f"loss.weights={_flow(danet_weights)}"],
                        "dual attention (position + channel), losses on out, pam, cam"),

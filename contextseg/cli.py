@@ -183,7 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     za.add_argument("--checkpoint", required=True, metavar="CKPT")
     za.add_argument("--config", required=True, help="the config it was trained with")
     za.add_argument("overrides", nargs="*", help="the key=value overrides it was trained with")
-    za.add_argument("--command", dest="train_command", help="the exact training command (default: contextseg train CONFIG OVERRIDES)")
+    za.add_argument("--command", dest="train_command",
+                    help="the exact training command (default: contextseg train CONFIG OVERRIDES)")
     za.add_argument("--samples", type=int, default=4, help="validation images shipped with it (default 4; "
                                                           "classification: one per class)")
     za.add_argument("--half", choices=["auto", "yes", "no"], default="auto")

@@ -3,8 +3,9 @@ prediction outputs (``base.Task``). The engine below them (trainer, checkpoints,
 task; the CLI above dispatches through ``TASKS``. Adding a task: a module here and one line in ``TASKS``.
 
 ``run_training(cfg)`` is the one training entry point (every task, torchrun too); ``evaluate_checkpoint(cfg, ...)``
-the one evaluation entry point. The task of a config is ``task:`` when set, else the one its dataset declares (the ``task`` attribute of the
-dataset builder; none = segmentation): ``task_for``. A checkpoint's task is its config's (``task_for_checkpoint``).
+the one evaluation entry point. The task of a config is ``task:`` when set, else the one its dataset declares (the
+``task`` attribute of the dataset builder; none = segmentation): ``task_for``. A checkpoint's task is its config's
+(``task_for_checkpoint``).
 """
 from __future__ import annotations
 
