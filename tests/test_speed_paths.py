@@ -256,7 +256,7 @@ def test_loader_workers_leave_small_cpus_to_the_compute_threads(monkeypatch):
     assert runtime.loader_workers(-1, "cpu") == 4
     from contextseg.config import load_config
 
-    with pytest.raises(ContextSegError, match="data.num_workers is a count of worker processes, or -1 for auto"):
+    with pytest.raises(ContextSegError, match=r"data.num_workers=-3 is out of range.*-1 for auto"):
         load_config(None, ["data.num_workers=-3"])
 
 
