@@ -348,3 +348,38 @@ def test_resume_with_another_thread_count_warns(tmp_path):
     torch.save(ckpt, tmp_path / "other.pt")
     with pytest.warns(UserWarning, match=f"saved with {torch.get_num_threads() + 3}.*OMP_NUM_THREADS="):
         run_tiny(tmp_path, 4, 0, 1, "deterministic=true", resume=tmp_path / "other.pt")
+
+
+class InfGradOn(NanOn):
+    """A finite loss whose gradients are infinite on the listed calls (as a bf16 backward that overflows)."""
+
+    def forward(self, outputs, labels):
+        loss = F.cross_entropy(outputs["out"], labels)
+        if self.calls in self.bad:
+            loss = loss + InfGrad.apply(outputs["out"]).sum()  # adds 0, back-propagates inf
+        self.calls += 1
+        return loss, {"out": loss}
+
+
+class InfGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("inf"))
+
+
+def test_non_finite_gradients_skip_the_step_and_keep_the_weights(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_trainer_cfg(tmp_path, 4, "train.iters=6", "train.checkpoint_interval=1")
+    trainer = Trainer(cfg, TinyNet(), InfGradOn([2]), Pairs(24), progress=False)
+    trainer.fit(stop_at=2)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.warns(UserWarning, match="step 2: non-finite gradients"):
+        trainer.fit(stop_at=3)
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    trainer.fit()
+    assert trainer.step == 6 and all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())

@@ -111,6 +111,7 @@ class Trainer:
         self.epoch = 0
         self.best = -math.inf
         self.last_metrics: dict = {}
+        self.bad_gradients = False  # the last step was skipped for non-finite gradients (not the loss)
         self.checkpointer = Checkpointer(cfg, self.model, self.optimizer, self.scheduler, self.scaler, self.meta)
 
     # -- checkpoints (checkpointer.py) -------------------------------------------------------
@@ -171,6 +172,7 @@ class Trainer:
         t = self.cfg.train
         self.optimizer.zero_grad(set_to_none=True)
         finite, sums = True, None
+        self.bad_gradients = False
         for j in range(self.accumulate):
             self.epoch, (images, labels) = next(batches)
             images = images.to(self.device, non_blocking=True)
@@ -204,6 +206,13 @@ class Trainer:
             sums = stats[:-1] if sums is None else sums + stats[:-1]
         losses = dict(zip(names, sums / (self.world * self.accumulate)))
         logging_step = (self.step + 1) % t.log_interval == 0 or self.step + 1 == t.iters
+        if finite and not self.scaler.is_enabled():  # fp16's scaler skips non-finite gradients itself
+            # a finite loss can still give non-finite gradients (e.g. a bf16 backward); one such update would make
+            # every later loss NaN, so the step is skipped as a non-finite loss is (the same on every rank: the
+            # gradients are already all-reduced)
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+            self.bad_gradients = not finite
         self._old_params = snapshot_params(self.model) if self.is_main and finite and logging_step else None
         if finite:
             if t.grad_clip:
@@ -263,11 +272,13 @@ class Trainer:
                     bad_steps = 0
                 else:
                     bad_steps += 1
+                    what = "gradients" if self.bad_gradients else f"loss {losses['loss'].item()}"
                     if self.is_main:
-                        warnings.warn(f"step {self.step}: non-finite loss {losses['loss'].item()}, update skipped")
+                        warnings.warn(f"step {self.step}: non-finite {what}, update skipped")
                     if bad_steps >= MAX_BAD_STEPS:
                         raise ContextSegError(
-                            f"the loss was not finite {MAX_BAD_STEPS} steps in a row (last at step {self.step}); "
+                            f"the loss or its gradients were not finite {MAX_BAD_STEPS} steps in a row (last at step "
+                            f"{self.step}, {'gradients' if self.bad_gradients else 'loss'}); "
                             f"lower train.lr, set train.grad_clip, use amp=none, or run `contextseg doctor` on the "
                             f"config. Checkpoints hold only finite weights: resume from OUTPUT_DIR/last.pt")
                 self.scheduler.step()
