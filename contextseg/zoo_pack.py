@@ -31,6 +31,7 @@ from .data import build_dataset, eval_transform
 from .data.transforms import MEAN, STD
 from .engine.checkpoint import atomic_save, load_checkpoint
 from .engine.env_report import environment
+from .engine.outputs import write_text
 from .engine.zoo import manifest, rounded_state, save_weights, zoo_checkpoint, zoo_dir
 from .errors import ContextSegError
 from .tasks import task_for
@@ -153,6 +154,4 @@ def _write_manifest(root: Path, entry: dict) -> None:
     models = manifest(root)
     models[entry["name"]] = entry
     text = json.dumps({"format": "contextseg-zoo-v1", "models": [models[k] for k in sorted(models)]}, indent=1)
-    tmp = root / ".manifest.json.tmp"
-    tmp.write_text(text + "\n")
-    tmp.replace(root / "manifest.json")
+    write_text(root / "manifest.json", text + "\n")  # temp file + rename

@@ -1,6 +1,7 @@
 """Evaluation loops on whole images at their own size, and where they run (``EvalRuntime``)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +33,12 @@ class EvalRuntime:
                    dist_utils.get_world_size() > 1)
 
 
-def eval_batches(model, loader, runtime: EvalRuntime = EvalRuntime(), desc: str = "eval"):
+def eval_batches(model, loader, runtime: EvalRuntime = EvalRuntime(), desc: str = "eval", per_batch=None):
     """Yield (logits, labels): ``model(x)["out"]`` as float32 (on the device) resized to the labels' size with the
     model's ``align_corners``, for each (image, label) batch of ``loader``, in eval mode without gradients; the
-    model's train/eval mode is restored when the loop ends or stops early (every dense evaluation shares it)."""
+    model's train/eval mode is restored when the loop ends or stops early (every dense evaluation shares it).
+    ``per_batch(labels)``: a context manager entered around each forward pass with the batch's labels on the
+    device (GT-OCR hands them to the model that way)."""
     device = torch.device(runtime.device)
     align_corners = align_corners_of(model)
     was_training = model.training
@@ -45,7 +48,8 @@ def eval_batches(model, loader, runtime: EvalRuntime = EvalRuntime(), desc: str 
             images = images.to(device, non_blocking=True)
             if runtime.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), autocast(device, runtime.amp):
+            context = per_batch(labels.to(device)) if per_batch is not None else contextlib.nullcontext()
+            with torch.no_grad(), context, autocast(device, runtime.amp):
                 logits = model(images)["out"]
             yield resize(logits.float(), labels.shape[-2:], align_corners), labels
     finally:
@@ -54,13 +58,13 @@ def eval_batches(model, loader, runtime: EvalRuntime = EvalRuntime(), desc: str 
 
 @torch.no_grad()
 def evaluate(model, loader, num_classes: int, class_names=None, ignore_index: int = 255,
-             runtime: EvalRuntime = EvalRuntime(), desc: str = "eval") -> dict:
+             runtime: EvalRuntime = EvalRuntime(), desc: str = "eval", per_batch=None) -> dict:
     """Run ``model(x)["out"]`` over ``loader`` of (image, label) batches and return mIoU, per-class IoU,
     pixel accuracy and mean accuracy (see contextseg.metrics). Restores the model's train/eval mode.
     Distributed (``runtime.distributed``): each rank holds a disjoint shard (runtime.ShardSampler); the confusion
     matrices are summed over ranks and every rank returns the metrics of the whole set."""
     metric = SegMetric(num_classes, ignore_index, class_names)
-    for logits, labels in eval_batches(model, loader, runtime, desc):
+    for logits, labels in eval_batches(model, loader, runtime, desc, per_batch):
         metric.update(logits, labels.to(logits.device))
     if runtime.distributed:
         dist_utils.all_reduce_sum(metric.matrix)

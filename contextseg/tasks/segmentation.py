@@ -7,7 +7,6 @@ ensemble of checkpoints (their softmax probabilities averaged, models/ensemble.p
 from __future__ import annotations
 
 import torch
-from tqdm import tqdm
 
 from ..config import Config
 from ..data import build_dataset, eval_transform
@@ -20,14 +19,13 @@ from ..engine.checkpoint import model_from_checkpoint
 from ..engine.evaluator import EvalRuntime, evaluate
 from ..engine.outputs import image_batches, skipped_note
 from ..engine.predictor import MAX_PIXELS, Predictor, crop_of
-from ..engine.runtime import autocast, select_device
+from ..engine.runtime import select_device
 from ..errors import ContextSegError
 from ..losses import build_loss_for
-from ..metrics import SegMetric, format_table
+from ..metrics import format_table
 from ..models.ensemble import Ensemble
 from ..models.heads.ocr import OCRHead, oracle_regions
 from ..models.multiscale import configure_inference, inference_spec
-from ..models.resize import align_corners_of
 from ..registry import CLASSIFIERS
 from .base import Setup, Task, require_val_set
 
@@ -147,25 +145,11 @@ class SegmentationTask(Task):
             (f"\n{note}" if note else "")
 
 
-@torch.no_grad()
 def evaluate_with_oracle(model, loader, val_set, runtime: EvalRuntime, mode: str = "regions") -> dict:
     """GT-OCR (Yuan et al. 2020, Fig. 1): the metrics of ``model`` (an OCR model) when its object regions (and, in
     mode "full", its pixel-region relations) come from each image's ground truth instead of its soft regions."""
-    metric = SegMetric(val_set.num_classes, val_set.ignore_index, val_set.classes)
-    device, ac = torch.device(runtime.device), align_corners_of(model)
-    was_training = model.training
-    model.eval()
-    try:
-        for images, labels in tqdm(loader, desc="eval GT-OCR", disable=not runtime.progress, leave=False):
-            images, labels = images.to(device), labels.to(device)
-            if runtime.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with oracle_regions(model, labels, mode), autocast(device, runtime.amp):
-                logits = model(images)["out"]
-            metric.update(logits.float(), labels, ac)
-    finally:
-        model.train(was_training)
-    return metric.compute()
+    return evaluate(model, loader, val_set.num_classes, val_set.classes, val_set.ignore_index, runtime,
+                    desc="eval GT-OCR", per_batch=lambda labels: oracle_regions(model, labels, mode))
 
 
 def calibration_batches(cfg: Config, count: int = 16) -> list:
