@@ -206,16 +206,20 @@ class Trainer:
             sums = stats[:-1] if sums is None else sums + stats[:-1]
         losses = dict(zip(names, sums / (self.world * self.accumulate)))
         logging_step = (self.step + 1) % t.log_interval == 0 or self.step + 1 == t.iters
-        if finite and not self.scaler.is_enabled():  # fp16's scaler skips non-finite gradients itself
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = None
+        if finite and params and not self.scaler.is_enabled():  # fp16's scaler skips non-finite gradients itself
             # a finite loss can still give non-finite gradients (e.g. a bf16 backward); one such update would make
             # every later loss NaN, so the step is skipped as a non-finite loss is (the same on every rank: the
-            # gradients are already all-reduced)
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+            # gradients are already all-reduced). The norm computed here is the one clipping uses.
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            finite = bool(torch.isfinite(norm))
             self.bad_gradients = not finite
         self._old_params = snapshot_params(self.model) if self.is_main and finite and logging_step else None
         if finite:
-            if t.grad_clip:
+            if t.grad_clip and norm is not None:
+                torch.nn.utils.clip_grads_with_norm_(params, t.grad_clip, norm)
+            elif t.grad_clip:  # fp16: unscale first, then clip (the scaler skips non-finite steps)
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
             self.scaler.step(self.optimizer)
