@@ -137,6 +137,27 @@ def test_folder_dataset_round_trip(tmp_path):
     assert len(FolderDataset(tmp_path / "s", classes, split="val")) == 2
 
 
+def test_image_scale_reads_pairs_at_the_reduced_size(tmp_path):
+    """image_scale=0.5: image area-averaged, mask by nearest neighbour (its values stay class indices)."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    image = np.zeros((6, 8, 3), np.uint8)
+    image[:, 4:] = 200  # right half bright
+    image[0, 0] = 40  # one pixel that area averaging spreads over its 2x2 block: (40 + 0 + 0 + 0) / 4 = 10
+    mask = np.zeros((6, 8), np.uint8)
+    mask[:, 4:] = 1
+    Image.fromarray(image).save(tmp_path / "images" / "a.png")
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    im, lab = FolderDataset(tmp_path, ["bg", "fg"], image_scale=0.5).raw(0)
+    assert im.shape == (3, 4, 3) and lab.shape == (3, 4)
+    assert im[0, 0, 0] == 10 and (im[:, 2:] == 200).all() and (im[1:, :2] == 0).all()
+    assert lab.tolist() == [[0, 0, 1, 1]] * 3
+    x, y = FolderDataset(tmp_path, ["bg", "fg"], image_scale=2.0)[0]
+    assert x.shape == (3, 12, 16) and y.shape == (12, 16) and set(y.unique().tolist()) == {0, 1}
+    with pytest.raises(ContextSegError, match="image_scale"):
+        FolderDataset(tmp_path, ["bg", "fg"], image_scale=0)
+
+
 def test_folder_dataset_label_map_ignore_and_colour_masks(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
@@ -222,6 +223,9 @@ class PairedSegmentation(Dataset):
     label_map: raw mask value -> class index or 255; values not in it keep their value.
     raw_ignore: a raw mask value meaning "unlabelled" (mapped to 255). 255 in a file is always ignore.
     palette_masks: True when the mask files are colour-coded with ``palette`` (RGB -> index).
+    image_scale: resize every pair by this factor when it is read (image: area averaging when shrinking, bilinear
+    when enlarging; mask: nearest neighbour), e.g. 0.5 for a reduced-resolution benchmark; 1.0 reads files as
+    they are. Training crops and evaluation both see the resized pairs, so metrics are at the reduced size.
     """
 
     ignore_index = IGNORE_INDEX
@@ -229,7 +233,11 @@ class PairedSegmentation(Dataset):
     def __init__(self, images: Sequence[Path], masks: Sequence[Path], classes: Sequence[str],
                  palette: Sequence[Sequence[int]] | None = None, transform: Callable | None = None,
                  raw_ignore: int | None = None, label_map: Mapping[int, int] | None = None,
-                 palette_masks: bool = False):
+                 palette_masks: bool = False, image_scale: float = 1.0):
+        if not (isinstance(image_scale, (int, float)) and 0 < image_scale <= 4):
+            raise ContextSegError(f"image_scale must be a number in (0, 4], got {image_scale!r}: e.g. "
+                                  "data.kwargs.image_scale=0.5 reads every image and mask at half size.")
+        self.image_scale = float(image_scale)
         if len(classes) < 1 or len(classes) > 255:
             raise ContextSegError(f"a dataset needs 1..255 classes (255 is the ignore value), got {len(classes)}.")
         self.files = [Path(p) for p in images]
@@ -315,7 +323,13 @@ class PairedSegmentation(Dataset):
     def raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Untransformed i-th pair: uint8 (H, W, 3) RGB image, uint8 (H, W) label (0..K-1 or 255)."""
         image = read_image(self.files[i])
-        return image, self.load_label(i, image.shape[:2])
+        label = self.load_label(i, image.shape[:2])
+        if self.image_scale != 1.0:
+            h, w = label.shape
+            size = (max(1, round(w * self.image_scale)), max(1, round(h * self.image_scale)))  # cv2: (W, H)
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if self.image_scale < 1 else cv2.INTER_LINEAR)
+            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+        return image, label
 
     def __getitem__(self, i: int):
         if not -len(self) <= i < len(self):
@@ -353,11 +367,13 @@ class CamVid(PairedSegmentation):
     root/train, root/trainannot (367), root/val, root/valannot (101), root/test, root/testannot
     (233, optional). Raw label 11 (unlabelled) -> 255. split: train | val | test | trainval.
     root=None -> $CONTEXTSEG_DATA/camvid, else ../shared/datasets/camvid.
+    image_scale: 0.5 reads CamVid at half size (180x240), the reduced resolution of the CPU benchmarks.
     """
 
     SPLITS = {"train": ("train",), "val": ("val",), "test": ("test",), "trainval": ("train", "val")}
 
-    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", transform: Callable | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", transform: Callable | None = None,
+                 image_scale: float = 1.0):
         if split not in self.SPLITS:
             raise ContextSegError(f"CamVid has no split {split!r}; use one of {', '.join(self.SPLITS)}.")
         root = _resolve_camvid_root(root)
@@ -381,7 +397,8 @@ class CamVid(PairedSegmentation):
             im, mk = pair_files(img_dir, ann_dir)
             images += im
             masks += mk
-        super().__init__(images, masks, CAMVID_CLASSES, CAMVID_PALETTE, transform, raw_ignore=11)
+        super().__init__(images, masks, CAMVID_CLASSES, CAMVID_PALETTE, transform, raw_ignore=11,
+                         image_scale=image_scale)
         self.root, self.split = root, split
 
 
@@ -399,14 +416,15 @@ class FolderDataset(PairedSegmentation):
     Masks: single-channel PNG of class indices 0..K-1; ``ignore_index`` (default 255) marks
     unlabelled pixels and becomes 255; ``label_map`` maps other raw values (e.g. {0: 255, 1: 0}).
     A colour-coded RGB mask is accepted when ``palette`` is given (palette[k] -> k, black -> 255).
-    ``mask_suffix``: masks named x{suffix}.png (e.g. "_mask").
+    ``mask_suffix``: masks named x{suffix}.png (e.g. "_mask"). ``image_scale``: as PairedSegmentation.
     classes: names in label order, or their number; None reads root/classes.txt (one per line).
     """
 
     def __init__(self, root: str | os.PathLike | None = None, classes: Sequence[str] | int | None = None,
                  images: str = "images", masks: str = "masks", palette: Sequence[Sequence[int]] | None = None,
                  ignore_index: int = 255, label_map: Mapping[int, int] | None = None,
-                 transform: Callable | None = None, split: str | None = None, mask_suffix: str = ""):
+                 transform: Callable | None = None, split: str | None = None, mask_suffix: str = "",
+                 image_scale: float = 1.0):
         if root is None:
             raise ContextSegError("the 'folder' dataset needs a root: pass data.root=/path/to/folder "
                                   f"holding {images}/ and {masks}/.")
@@ -462,7 +480,8 @@ class FolderDataset(PairedSegmentation):
             mask_files = [by_key[k][1] for k in listed]
         super().__init__(image_files, mask_files, classes, palette, transform,
                          raw_ignore=None if ignore_index == IGNORE_INDEX else ignore_index,
-                         label_map=label_map, palette_masks=palette is not None and _has_colour_masks(mask_files))
+                         label_map=label_map, palette_masks=palette is not None and _has_colour_masks(mask_files),
+                         image_scale=image_scale)
         self.root, self.split = root, split
 
 
