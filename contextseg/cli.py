@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="GT-OCR (OCR models): also evaluate with the ground truth as the object regions (regions) or as "
                         "regions and pixel-region relations (full), and report both mIoUs")
     e.add_argument("--out", metavar="JSON", help="also write the metrics as JSON")
+    e.add_argument("--skip-bad", action="store_true",
+                   help="leave out samples whose image or mask cannot be read or is invalid, and list them after the "
+                        "report (default: stop and name every bad mask before evaluating)")
     e.add_argument("--no-progress", action="store_true")
     _add_backend_option(e)
     _add_inference_options(e)
@@ -284,6 +287,7 @@ def _eval(args) -> int:
         checkpoints = [args.config]
     task_for(cfg).evaluate_checkpoint(cfg, checkpoints, split=args.split, progress=not args.no_progress,
                                       out=args.out, backend=args.backend, oracle=args.oracle_regions,
+                                      skip_bad=args.skip_bad,
                                       **_inference_kwargs(args))
     return 0
 

@@ -355,3 +355,43 @@ def test_a_corrupt_onnx_file_is_one_line(ckpt, tmp_path, capsys):
                            "--no-progress")
     assert code == 2
     one_clear_line(err, "is not a readable ONNX file", "contextseg export")
+
+
+# ----------------------------------------------------------------------------- eval over a folder with bad files
+
+
+def test_eval_names_bad_pairs_or_skips_them(ckpt, tmp_path, capsys):
+    """Without --skip-bad: exit 2, one line naming every bad mask before any scoring. With it: the other pairs are
+    scored (the same mIoU as a folder without the bad pairs) and the bad ones are listed after the report."""
+    from contextseg.data import write_synthetic_folder
+
+    def evaluate(root, *extra):
+        return run_cli(capsys, "eval", CFG, "data.dataset=folder", f"data.root={root}", "data.val_split=val",
+                       "data.kwargs={}", "--checkpoint", ckpt, "--no-progress", "--backend", "eager", *extra)
+
+    data, clean = tmp_path / "data", tmp_path / "clean"
+    for root in (data, clean):
+        write_synthetic_folder(root, n=6, size=(64, 64), seed=5, split="val")
+    val = data / "val"
+    mask = np.array(Image.open(val / "masks" / "00002.png"))
+    mask[0, 0] = 9  # a value outside the 6 classes
+    Image.fromarray(mask).save(val / "masks" / "00002.png")
+    whole = (val / "images" / "00004.png").read_bytes()
+    (val / "images" / "00004.png").write_bytes(whole[:len(whole) // 2])  # a valid header, half the pixels
+    for name in ("00002", "00004"):  # the clean copy: the same folder without the two bad pairs
+        for sub in ("images", "masks"):
+            (clean / "val" / sub / f"{name}.png").unlink()
+    before = digests(data)
+
+    code, _, err = evaluate(data)
+    assert code == 2
+    one_clear_line(err, "00002.png", "[9]")
+    code, printed, err = evaluate(data, "--skip-bad", "--out", tmp_path / "eval.json")
+    assert code == 0, err
+    assert "skipped 2 bad file(s)" in printed and "00002.png" in printed and "00004.png" in printed
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert len(report["skipped"]) == 2
+    code, _, err = evaluate(clean, "--out", tmp_path / "clean.json")
+    assert code == 0, err
+    assert report["mIoU"] == json.loads((tmp_path / "clean.json").read_text())["mIoU"]
+    assert digests(data) == before  # nothing written into the data

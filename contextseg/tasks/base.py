@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch.utils.data import Subset
+from tqdm import tqdm
+
 from ..config import Config
 from ..errors import ContextSegError
 from ..onnx_graph import is_onnx
@@ -74,6 +77,9 @@ class Task:
             check_writable(Path(out))  # before the evaluation, not after it
         result, report = self.evaluate(cfg, checkpoints, progress, backend, inference)
         print(self.format(result))
+        if report.get("skipped"):
+            skipped = report["skipped"]
+            print(f"skipped {len(skipped)} bad file(s), not scored (--skip-bad):\n  " + "\n  ".join(skipped))
         if out:
             write_json(out, {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints,
                              "split": cfg.data.val_split, **report, **result})
@@ -92,6 +98,22 @@ def refuse_inference_options(inference: dict, what: str) -> None:
     used = sorted(k for k, v in inference.items() if v not in (None, False))
     if used:
         raise ContextSegError(f"test-time options {used} are not supported for {what}; evaluate without them")
+
+
+def loadable_samples(dataset, progress: bool = False):
+    """(the samples of ``dataset`` that load, the one-line reasons of those that do not): ``eval --skip-bad``.
+    Every sample is read once before the evaluation (one more decode of each file than without the flag); a
+    dataset with no bad sample comes back as it is, else as a ``Subset``. None loading is an error."""
+    keep, bad = [], []
+    for i in tqdm(range(len(dataset)), desc="check files", disable=not progress, leave=False, dynamic_ncols=True):
+        try:
+            dataset[i]
+            keep.append(i)
+        except (ContextSegError, OSError) as exc:
+            bad.append(str(exc).split(". Fix:")[0])
+    if not keep:
+        raise ContextSegError(f"none of the {len(dataset)} samples could be read; the first: {bad[0]}")
+    return (Subset(dataset, keep) if bad else dataset), bad
 
 
 def require_val_set(val_set) -> None:

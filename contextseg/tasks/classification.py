@@ -32,7 +32,7 @@ from ..losses import WithSourceLogits, build_classification_loss
 from ..metrics import accuracy_from_confusion, confusion_matrix
 from ..registry import CLASSIFIERS
 from ..visualize import heatmap
-from .base import Setup, Task, one_pt_checkpoint, refuse_inference_options, require_val_set
+from .base import Setup, Task, loadable_samples, one_pt_checkpoint, refuse_inference_options, require_val_set
 
 DISTORT_VAL_SEED = 0  # data.kwargs.distort: the validation images' distortions (the same in every run)
 
@@ -74,17 +74,19 @@ class ClassificationTask(Task):
     def evaluate(self, cfg: Config, checkpoints: list[str], progress: bool, backend: str | None,
                  inference: dict) -> tuple[dict, dict]:
         checkpoint = one_pt_checkpoint(checkpoints, "classification")
+        skip_bad = inference.pop("skip_bad", False)
         refuse_inference_options(inference, "a classifier")
         _, val_set = build_datasets(cfg, train=False)
         require_val_set(val_set)
+        samples, skipped = loadable_samples(val_set, progress) if skip_bad else (val_set, [])
         model = load_for_eval(cfg, checkpoint, val_set.num_classes)
         device = select_device(cfg.device)
         model.to(device)
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
         runtime = EvalRuntime(device, cfg.train.amp, cfg.train.channels_last, progress)
-        return evaluate_classification(model, eval_loader(val_set, cfg), val_set.num_classes, val_set.classes,
-                                       runtime), {}
+        return (evaluate_classification(model, eval_loader(samples, cfg), val_set.num_classes, val_set.classes,
+                                        runtime), {"skipped": skipped} if skip_bad else {})
 
     def predict(self, checkpoints: list, inputs, out_dir, options: dict) -> str:
         if len(checkpoints) > 1 or any(options.get(k) not in (None, False)

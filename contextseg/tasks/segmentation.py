@@ -27,7 +27,7 @@ from ..models.ensemble import Ensemble
 from ..models.heads.ocr import OCRHead, oracle_regions
 from ..models.multiscale import configure_inference, inference_spec
 from ..registry import CLASSIFIERS
-from .base import Setup, Task, require_val_set
+from .base import Setup, Task, loadable_samples, require_val_set
 
 
 class SegmentationTask(Task):
@@ -87,18 +87,23 @@ class SegmentationTask(Task):
         inference backend (None: bf16 eager where native, else the exact torch backend; "auto": the fastest exact
         one; an ensemble or an .onnx file runs as it is)."""
         oracle = inference.pop("oracle", None)
+        skip_bad = inference.pop("skip_bad", False)
         if oracle and (len(checkpoints) > 1 or any(v not in (None, False) for v in inference.values())):
             raise ContextSegError("--oracle-regions evaluates one OCR checkpoint as trained, without test-time options")
         _, val_set = build_datasets(cfg, train=False)
         require_val_set(val_set)
-        check_labels(val_set, progress)
+        if skip_bad:  # bad pairs are listed after the report instead of stopping the evaluation
+            samples, skipped = loadable_samples(val_set, progress)
+        else:
+            check_labels(val_set, progress)
+            samples, skipped = val_set, []
         models = [configure_inference(load_for_eval(cfg, c, self.outputs(val_set)), **inference) for c in checkpoints]
         model = models[0] if len(models) == 1 else Ensemble(models, names=checkpoints)
         device = select_device(cfg.device)
         model.to(device)
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
-        loader = eval_loader(val_set, cfg)
+        loader = eval_loader(samples, cfg)
         amp = cfg.train.amp
         backend = "eager" if oracle else backend or default_backend(amp, device)  # the oracle needs the module
         if backend != "eager" and len(models) == 1 and getattr(model, "session", None) is None:
@@ -109,7 +114,7 @@ class SegmentationTask(Task):
             print(f"inference: backend {used}" + (f", amp {amp}" if used == "eager" else ""))
         runtime = EvalRuntime(device, amp, cfg.train.channels_last, progress)
         result = self.score(model, loader, val_set, runtime)
-        report = {"inference": inference_spec(models[0]), "backend": used}
+        report = {"inference": inference_spec(models[0]), "backend": used, **({"skipped": skipped} if skip_bad else {})}
         if oracle:
             if not isinstance(getattr(model, "head", None), OCRHead):
                 raise ContextSegError(f"--oracle-regions replaces the OCR head's object regions; {checkpoints[0]!r} "

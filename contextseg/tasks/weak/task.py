@@ -94,6 +94,9 @@ class WeakTask(Task):
                  inference: dict) -> tuple[dict, dict]:
         """Segmentation metrics on the val split and SOD metrics of S, for one SSNet checkpoint."""
         checkpoint = one_pt_checkpoint(checkpoints, "SSNet")
+        if inference.pop("skip_bad", False):
+            raise ContextSegError("--skip-bad is not supported for SSNet checkpoints (two validation sets); fix or "
+                                  "remove the bad files, or evaluate without it")
         refuse_inference_options(inference, "SSNet")
         spec = WeakSpec.parse(cfg.data.kwargs)
         seg_val, sal_val = _val_sets(cfg, spec)
