@@ -375,32 +375,38 @@ def _env(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import export_onnx
+    from .export import check_export_target, export_onnx
 
-    _refuse_classifier(args.checkpoint, "export")
-    report = export_onnx(args.checkpoint, args.out, size=args.size, output=args.output, dynamic=not args.static,
+    check_export_target(args.out, args.checkpoint)  # never over the checkpoint, before reading it
+    model = _dense_model(args.checkpoint, "export")
+    report = export_onnx(args.checkpoint if model is None else model, args.out, size=args.size, output=args.output, dynamic=not args.static,
                          opset=args.opset, exporter=args.exporter, scales=args.scales, merge=args.merge,
                          flip=args.flip)
     print(report.summary())
     return 0
 
 
-def _refuse_classifier(model: str, command: str) -> None:
-    """export and bench handle dense-prediction models only (classifiers output (B, K))."""
+def _dense_model(model: str, command: str):
+    """The model of a checkpoint file or zoo:NAME, its file read once (None for an .onnx file or ARCH:BACKBONE);
+    a classifier is refused: export and bench handle dense-prediction models only (classifiers output (B, K))."""
     from pathlib import Path
 
-    from .engine.checkpoint import load_checkpoint
+    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
     from .onnx_graph import is_onnx
     from .registry import CLASSIFIERS
     from .tasks import task_for_checkpoint
 
-    if Path(model).is_file() or model.startswith("zoo:"):
-        classifier = not is_onnx(model) and task_for_checkpoint(load_checkpoint(model)).name == "classification"
+    loaded = None
+    if (Path(model).is_file() or model.startswith("zoo:")) and not is_onnx(model):
+        ckpt = load_checkpoint(model)
+        classifier = task_for_checkpoint(ckpt).name == "classification"
+        loaded = None if classifier else model_from_checkpoint(ckpt, source=model)
     else:
         classifier = model.split(":", 1)[0] in CLASSIFIERS
     if classifier:
         raise ContextSegError(f"`contextseg {command}` does not take image classifiers (saol, gap) yet; it handles "
                               f"dense-prediction models")
+    return loaded
 
 
 def _bench(args) -> int:
@@ -412,14 +418,14 @@ def _bench(args) -> int:
 
     from pathlib import Path
 
-    _refuse_classifier(args.model, "bench")
-    if Path(args.model).suffix.lower() in (".pt", ".pth") or Path(args.model).is_file() or args.model.startswith("zoo:"):
-        model = load_model(args.model)
-    elif ":" in args.model:
+    model = _dense_model(args.model, "bench")  # a checkpoint's model, read once
+    if model is None and (Path(args.model).suffix.lower() in (".pt", ".pth") or Path(args.model).is_file()):
+        model = load_model(args.model)  # an .onnx file, or a checkpoint path that does not exist (its error)
+    elif model is None and ":" in args.model:
         arch, backbone = args.model.split(":", 1)
         model = create_model(arch, backbone=backbone, num_classes=args.num_classes)
         settle_batchnorm(model, torch.randn(2, getattr(model, "in_channels", 3), *args.size))
-    else:
+    elif model is None:
         raise ContextSegError(f"{args.model!r} is neither a checkpoint file nor ARCH:BACKBONE (e.g. "
                               f"ocr:hrnetv2_w18_small_v2; `contextseg models` lists the names)")
     if args.batch < 1 or args.repeats < 1:
