@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from contextseg.errors import ContextSegError
 from contextseg.models import create_model, fuse_conv_bn, list_backbones, list_models
@@ -428,3 +429,24 @@ def test_dual_attention_blocks():
     torch.testing.assert_close(cam(x), 0.5 * (torch.softmax(-e, dim=-1) @ a).view_as(x) + x)  # max(e) - e == -e + c
     with pytest.raises(ContextSegError, match="channels >= 8"):
         PositionAttention(4)
+
+
+def test_atrous_conv_weight_gradient_is_right_under_bf16_channels_last():
+    """torch 2.13's AVX-512 CPU kernels give NaN / garbage weight gradients for dilated convolutions under bf16
+    autocast with channels_last and in_channels % 16 != 0 (benchmarks/atrous_bf16_bug.py); AtrousConv2d (every
+    dilated conv of the heads) must give the fp32 gradient up to bf16 rounding, with nn.Conv2d's state dict."""
+    from contextseg.models.heads.common import AtrousConv2d
+
+    torch.manual_seed(0)
+    conv = AtrousConv2d(270, 12, 3, padding=6, dilation=6).to(memory_format=torch.channels_last)
+    ref = nn.Conv2d(270, 12, 3, padding=6, dilation=6)
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(4, 270, 32, 40).contiguous(memory_format=torch.channels_last)
+    ref(x.contiguous()).square().mean().backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    y.float().square().mean().backward()
+    err = (conv.weight.grad.float() - ref.weight.grad).abs().max() / ref.weight.grad.abs().max()
+    assert torch.isfinite(conv.weight.grad).all() and err < 0.05
+    head = create_model("aspp", backbone="hrnetv2_w18_small_v2", num_classes=11).head
+    assert any(isinstance(m, AtrousConv2d) and m.dilation != (1, 1) for m in head.modules())

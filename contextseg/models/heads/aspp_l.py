@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ...errors import ContextSegError
 from ...registry import HEADS
-from .common import DecodeHead, init_classifier
+from .common import AtrousConv2d, DecodeHead, init_classifier
 
 BASE_RATES = (6, 12, 18, 24)  # at output stride 8, as DeepLab v2 ran ResNet-101
 
@@ -39,7 +39,7 @@ class ASPPLHead(DecodeHead):
         self.rates = tuple(rates)
         c = self.inputs.out_channels
         self.branches = nn.ModuleList(
-            init_classifier(nn.Conv2d(c, num_classes, kernel_size=3, padding=r, dilation=r)) for r in self.rates
+            init_classifier(AtrousConv2d(c, num_classes, kernel_size=3, padding=r, dilation=r)) for r in self.rates
         )
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:

@@ -115,6 +115,22 @@ def atrous_rates(backbone: nn.Module, index: int | Sequence[int], rates: int | S
     return scaled[0] if isinstance(rates, int) else scaled
 
 
+class AtrousConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that works around a PyTorch CPU bug (seen in torch 2.13, oneDNN AVX-512 kernels, native bf16
+    or not): a DILATED convolution under bf16 autocast with channels_last tensors and input channels not a multiple
+    of 16 (HRNet-W18's 270-channel concatenation) returns a weight gradient of NaN / garbage values and can
+    segfault; the forward and input gradient are right. In exactly that case (CPU, bf16, gradients, dilation > 1,
+    in_channels % 16 != 0) it convolves NCHW-contiguous copies of the input and weight, which computes the right
+    gradient (benchmarks/atrous_bf16_bug.py reproduces it). Same parameters and state dict as ``nn.Conv2d``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.device.type == "cpu" and self.dilation != (1, 1) and self.in_channels % 16 and torch.is_grad_enabled()
+                and (x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                                   and torch.get_autocast_dtype("cpu") == torch.bfloat16))):
+            return self._conv_forward(x.contiguous(), self.weight.contiguous(), self.bias)
+        return super().forward(x)
+
+
 def conv_bn_relu(in_c: int, out_c: int, kernel_size: int = 1, dilation: int = 1, bias: bool = False) -> nn.Sequential:
     """Conv + BN + ReLU, padding keeping the size: (B, in_c, H, W) -> (B, out_c, H, W). The conv has no bias unless
     ``bias`` (the official OCR code and the Keras PFA code keep one).
@@ -122,7 +138,7 @@ def conv_bn_relu(in_c: int, out_c: int, kernel_size: int = 1, dilation: int = 1,
     Parameters: k*k*in_c*out_c (+ out_c with bias) + 2*out_c.
     """
     return nn.Sequential(
-        nn.Conv2d(in_c, out_c, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation, bias=bias),
+        AtrousConv2d(in_c, out_c, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation, bias=bias),
         nn.BatchNorm2d(out_c),
         nn.ReLU(inplace=True),
     )

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ...errors import ContextSegError
 from ...registry import HEADS
-from .common import DecodeHead, init_classifier
+from .common import AtrousConv2d, DecodeHead, init_classifier
 
 
 @HEADS.register("largefov")
@@ -39,7 +39,7 @@ class LargeFOVHead(DecodeHead):
         self.dilation = dilation
         c = self.inputs.out_channels
         self.fc6 = nn.Sequential(
-            nn.Conv2d(c, channels, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True), nn.Dropout(dropout)
+            AtrousConv2d(c, channels, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True), nn.Dropout(dropout)
         )
         self.fc7 = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.cls_head = init_classifier(nn.Conv2d(channels, num_classes, kernel_size=1))

@@ -15,7 +15,7 @@ from ...errors import ContextSegError
 from ...registry import HEADS
 from ..attention import SEBlock, SpatialAttention
 from ..resize import DEFAULT_ALIGN_CORNERS, resize
-from .common import DecodeHead, conv_bn_relu
+from .common import AtrousConv2d, DecodeHead, conv_bn_relu
 
 
 class CPFE(nn.Module):
@@ -27,7 +27,7 @@ class CPFE(nn.Module):
         super().__init__()
         self.branches = nn.ModuleList(
             [nn.Conv2d(in_channels, width, 1, bias=False)]
-            + [nn.Conv2d(in_channels, width, 3, padding=r, dilation=r, bias=False) for r in rates]
+            + [AtrousConv2d(in_channels, width, 3, padding=r, dilation=r, bias=False) for r in rates]
         )
         self.bn = nn.BatchNorm2d(width * (len(rates) + 1))
 
