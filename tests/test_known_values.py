@@ -439,3 +439,67 @@ def test_smeasure_of_the_reference_edge_pair_by_hand():
     hand = _smeasure_by_hand(pred, gt)
     assert hand == pytest.approx(cases.EDGE_S_MEASURE, abs=1e-12)
     assert smeasure(pred, gt) == pytest.approx(hand, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- metrics: the cases mutation testing
+# found untested (benchmarks/mutation.py metrics)
+
+
+def test_segmentation_metrics_table_by_hand():
+    """The printed table: exact lines, n/a for a class absent from labels and predictions, percentages x100."""
+    from contextseg.metrics.segmentation import format_table
+
+    # rows truth, columns prediction; class "c" never occurs; "b" is predicted once but never true
+    m = np.array([[3, 1, 0], [0, 0, 0], [0, 0, 0]])
+    r = metrics_from_confusion(m, ["a", "b", "c"])
+    assert r["per_class_iou"] == {"a": 0.75, "b": 0.0, "c": None}
+    assert r["per_class_acc"] == {"a": 0.75, "b": None, "c": None}
+    assert format_table(r).splitlines() == [
+        "class        IoU     Acc",
+        "a          75.00   75.00",
+        "b           0.00     n/a",
+        "c            n/a     n/a",
+        "mean       37.50   75.00   pixel acc 75.00",
+    ]
+
+
+def test_segmentation_metrics_of_nothing_are_nan_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" from an all-NaN IoU vector
+        r = metrics_from_confusion(np.zeros((2, 2), np.int64))
+    assert math.isnan(r["mIoU"]) and math.isnan(r["pixel_acc"]) and math.isnan(r["mean_acc"])
+    assert r["per_class_iou"] == {"0": None, "1": None}
+
+
+def test_confusion_matrix_and_segmetric_defaults():
+    from contextseg.metrics.segmentation import SegMetric, confusion_matrix
+
+    pred = torch.tensor([[0, 0], [1, 0]])
+    label = torch.tensor([[0, 255], [0, 0]])
+    # class 2 occurs nowhere: the matrix still has its row and column (bincount's minlength)
+    assert confusion_matrix(pred, label, 3).tolist() == [[2, 1, 0], [0, 0, 0], [0, 0, 0]]
+    with pytest.raises(ValueError, match=r"prediction \(2, 2\) and label \(1, 4\) differ"):
+        confusion_matrix(pred, label.reshape(1, 4), 3)
+    metric = SegMetric(3)  # ignore_index 255 by default, class names "0", "1", "2"
+    metric.update(pred[None], label[None])
+    assert metric.matrix.dtype == torch.int64 and metric.matrix.tolist() == [[2, 1, 0], [0, 0, 0], [0, 0, 0]]
+    r = metric.compute()
+    assert list(r["per_class_iou"]) == ["0", "1", "2"] and r["pixel_acc"] == pytest.approx(2 / 3)
+    named = SegMetric(3, class_names=["x", "y", "z"])
+    named.update(pred[None], label[None])
+    assert named.compute()["per_class_iou"] == {"x": pytest.approx(2 / 3), "y": 0.0, "z": None}
+
+
+def test_classification_accuracy_with_absent_and_single_classes():
+    # truth rows: "a" 1 image (right), "b" none, "c" 3 images (2 right, 1 taken for "a")
+    m = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 2]])
+    r = accuracy_from_confusion(m)
+    assert r["top1"] == pytest.approx(3 / 4) and r["images"] == 4
+    assert r["per_class_acc"] == {"0": 1.0, "1": 0.0, "2": pytest.approx(2 / 3)}
+    assert r["mean_class_acc"] == pytest.approx((1 + 2 / 3) / 2)  # over the classes that occur
+    assert accuracy_from_confusion(np.eye(2, dtype=np.int64) * 3, ["cat", "dog"])["per_class_acc"] == {"cat": 1.0,
+                                                                                                        "dog": 1.0}
+    empty = accuracy_from_confusion(np.zeros((2, 2)))
+    assert empty == {"top1": 0.0, "images": 0, "mean_class_acc": 0.0, "per_class_acc": {"0": 0.0, "1": 0.0}}
