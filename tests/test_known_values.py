@@ -501,5 +501,7 @@ def test_classification_accuracy_with_absent_and_single_classes():
     assert r["mean_class_acc"] == pytest.approx((1 + 2 / 3) / 2)  # over the classes that occur
     assert accuracy_from_confusion(np.eye(2, dtype=np.int64) * 3, ["cat", "dog"])["per_class_acc"] == {"cat": 1.0,
                                                                                                         "dog": 1.0}
+    assert accuracy_from_confusion(np.array([[0, 1], [0, 0]]))["top1"] == 0.0  # one image, wrong
+    assert accuracy_from_confusion(np.array([[1, 0], [0, 0]]))["top1"] == 1.0  # one image, right
     empty = accuracy_from_confusion(np.zeros((2, 2)))
     assert empty == {"top1": 0.0, "images": 0, "mean_class_acc": 0.0, "per_class_acc": {"0": 0.0, "1": 0.0}}
