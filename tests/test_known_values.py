@@ -505,3 +505,63 @@ def test_classification_accuracy_with_absent_and_single_classes():
     assert accuracy_from_confusion(np.array([[1, 0], [0, 0]]))["top1"] == 1.0  # one image, right
     empty = accuracy_from_confusion(np.zeros((2, 2)))
     assert empty == {"top1": 0.0, "images": 0, "mean_class_acc": 0.0, "per_class_acc": {"0": 0.0, "1": 0.0}}
+
+
+# ----------------------------------------------------------------------------- pixel losses: what mutation testing
+# found untested (benchmarks/mutation.py losses)
+
+
+def test_loss_weight_validation_names_the_problem():
+    from contextseg.errors import ContextSegError
+    from contextseg.losses.pixel import FocalLoss
+
+    for bad in ([1.0, -1.0], [1.0, float("inf")]):
+        with pytest.raises(ContextSegError, match=r"class_weights must be finite and >= 0, got \[1\.0, (-1\.0|inf)\]"):
+            CrossEntropy(class_weights=bad)
+    assert CrossEntropy(class_weights=[0.0, 1.0]).class_weights.tolist() == [0.0, 1.0]  # a zero weight is allowed
+    assert CrossEntropy(class_weights=[1, 2]).class_weights.dtype == torch.float32
+    logits, labels = torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long)
+    for loss in (CrossEntropy(class_weights=[1.0, 2.0]), OhemCrossEntropy(class_weights=[1.0, 2.0])):
+        with pytest.raises(ContextSegError, match="class_weights has 2 values but the model predicts 3 classes"):
+            loss(logits, labels)
+    with pytest.raises(ContextSegError, match="focal alpha has 2 values but the model predicts 3 classes"):
+        FocalLoss(alpha=[0.5, 0.5])(logits, labels)
+    with pytest.raises(ContextSegError, match=r"alpha must be finite and >= 0, got \[-0\.5"):
+        FocalLoss(alpha=[-0.5, 0.5])
+    with pytest.raises(ContextSegError, match=r"a single focal alpha is a weight in \[0, 1\], got 1\.5"):
+        FocalLoss(alpha=1.5)
+    with pytest.raises(ContextSegError, match="focal gamma must be >= 0, got -1"):
+        FocalLoss(gamma=-1)
+    with pytest.raises(ContextSegError, match=r"ohem thresh is a probability in \(0, 1\], got 0"):
+        OhemCrossEntropy(thresh=0)
+    with pytest.raises(ContextSegError, match=r"ohem thresh is a probability in \(0, 1\], got 1\.5"):
+        OhemCrossEntropy(thresh=1.5)
+    FocalLoss(alpha=0.0), FocalLoss(alpha=1.0), OhemCrossEntropy(thresh=1.0)  # the closed ends are valid
+
+
+def test_focal_loss_gamma_one_and_default_by_formula():
+    from contextseg.losses.pixel import FocalLoss
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 4, 3, 5), torch.randint(0, 4, (2, 3, 5))
+    labels[0, 0, 0] = 255
+    logp = F.log_softmax(logits, 1).gather(1, labels.clamp(max=3).unsqueeze(1)).squeeze(1)[labels != 255]
+    for gamma in (1.0, 2.0):
+        want = (-(1 - logp.exp()) ** gamma * logp).mean()
+        assert FocalLoss(gamma=gamma)(logits, labels) == pytest.approx(float(want), rel=1e-5)
+    assert FocalLoss()(logits, labels) == pytest.approx(float(FocalLoss(gamma=2.0)(logits, labels)))  # default 2
+
+
+def test_losses_resize_logits_with_the_models_align_corners():
+    """Stride-4 logits are resized to the labels with the loss's align_corners (the model's), not a default."""
+    from contextseg.losses.pixel import FocalLoss
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(1, 3, 4, 5), torch.randint(0, 3, (1, 15, 19))
+    for ac in (False, True):
+        up = F.interpolate(logits, size=(15, 19), mode="bilinear", align_corners=ac)
+        for loss, want in ((CrossEntropy(), F.cross_entropy(up, labels)),
+                           (OhemCrossEntropy(thresh=1.0), F.cross_entropy(up, labels)),
+                           (FocalLoss(gamma=0.0), F.cross_entropy(up, labels))):
+            loss.align_corners = ac
+            assert float(loss(logits, labels)) == pytest.approx(float(want), rel=1e-5), (type(loss).__name__, ac)
