@@ -565,3 +565,82 @@ def test_losses_resize_logits_with_the_models_align_corners():
                            (FocalLoss(gamma=0.0), F.cross_entropy(up, labels))):
             loss.align_corners = ac
             assert float(loss(logits, labels)) == pytest.approx(float(want), rel=1e-5), (type(loss).__name__, ac)
+
+
+def test_ohem_on_out_only_and_weighted_ce_with_its_ignore_index_on_the_others():
+    """build_loss("ohem"): OHEM on "out", plain CE with the same class weights and ignore index on "aux" (official)."""
+    from contextseg.losses.outputs import build_loss
+
+    torch.manual_seed(0)
+    out, aux = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    labels = torch.randint(0, 3, (2, 4, 4))
+    labels[0, 0] = 7
+    weights = [1.0, 2.0, 0.5]
+    loss = build_loss("ohem", {"out": 1.0, "aux": 0.4}, ignore_index=7, thresh=0.7, min_kept=1, class_weights=weights)
+    total, parts = loss({"out": out, "aux": aux}, labels)
+    ohem = OhemCrossEntropy(thresh=0.7, min_kept=1, ignore_index=7, class_weights=weights)(out, labels)
+    ce_aux = F.cross_entropy(aux, labels, weight=torch.tensor(weights), ignore_index=7)
+    assert float(parts["out"]) == pytest.approx(float(ohem)) and float(parts["aux"]) == pytest.approx(float(ce_aux))
+    assert float(total) == pytest.approx(float(ohem + 0.4 * ce_aux))
+    assert float(ohem) != pytest.approx(float(F.cross_entropy(out, labels, weight=torch.tensor(weights),
+                                                              ignore_index=7)))  # OHEM did drop pixels
+    # the default weights are the segmentation ones, 1.0 out + 0.4 aux
+    total, _ = build_loss("ce")({"out": out, "aux": aux}, labels.clamp(max=2))
+    assert float(total) == pytest.approx(float(F.cross_entropy(out, labels.clamp(max=2))
+                                               + 0.4 * F.cross_entropy(aux, labels.clamp(max=2))))
+
+
+def test_outputs_loss_skips_absent_names_and_matches_patterns():
+    from contextseg.losses.outputs import OutputsLoss
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 3, (1, 4, 4))
+    outs = {"out": torch.randn(1, 3, 4, 4), "out_s0.5": torch.randn(1, 3, 4, 4), "attention": torch.randn(1, 3, 4, 4)}
+    ce = CrossEntropy()
+    loss = OutputsLoss(ce, {"aux": 0.4, "out": 1.0, "out_s*": 0.25})  # "aux" absent: skipped, the others still count
+    total, parts = loss(outs, labels)
+    assert set(parts) == {"out", "out_s0.5"}
+    assert float(total) == pytest.approx(float(ce(outs["out"], labels) + 0.25 * ce(outs["out_s0.5"], labels)))
+    assert OutputsLoss(ce, {"out[": 1.0}).weight_of("out[") == 1.0  # an exact name wins even when it looks like a glob
+    assert OutputsLoss(ce, {"out_s?.5": 2.0}).weight_of("out_s0.5") == 2.0
+    assert OutputsLoss(ce, {"ou": 1.0}).weight_of("out") == 0.0  # a plain name is no pattern: no prefix match
+    with pytest.raises(KeyError, match=r"none of the loss outputs \['aux'\] is in the model's outputs \['out'"):
+        OutputsLoss(ce, {"aux": 1.0})({"out": outs["out"]}, labels)
+
+
+def test_loss_kwargs_resolution_from_the_dataset():
+    from contextseg.config import load_config
+    from contextseg.errors import ContextSegError
+    from contextseg.losses.outputs import build_loss, build_loss_for, resolve_loss_kwargs
+    from contextseg.losses.pixel import median_frequency_weights
+
+    class Labels:  # a dataset stand-in: raw labels, its ignore index and class count
+        ignore_index, num_classes = 7, 3
+        labels = [np.array([[0, 0, 1], [7, 2, 2]]), np.array([[1, 1, 7], [7, 0, 0]])]
+
+        def __len__(self):
+            return 2
+
+        def load_label(self, i):
+            return self.labels[i]
+
+    data = Labels()
+    want = median_frequency_weights(data, 3, ignore_index=7)
+    with pytest.raises(ContextSegError, match=r"label values \[7\]"):  # 7 is a class value unless it is ignored
+        resolve_loss_kwargs({"class_weights": "median_frequency"}, data)
+    for spelling in ("median_frequency", "median-frequency", "Median_Freq"):
+        assert resolve_loss_kwargs({"class_weights": spelling}, data, ignore_index=7)["class_weights"] == want
+    cfg = load_config(None, ["loss.name=ce", "loss.kwargs={class_weights: median_frequency}",
+                             "loss.weights={out: 1.0, aux: 0.2}"])
+    loss = build_loss_for(cfg, data, progress=False)
+    assert loss.criterion.ignore_index == 7 and loss.weights == {"out": 1.0, "aux": 0.2}
+    assert loss.criterion.class_weights.tolist() == pytest.approx(want)
+    with pytest.raises(ContextSegError, match=r"loss.kwargs.class_weights='inverse' is not known; use median_frequency"):
+        resolve_loss_kwargs({"class_weights": "inverse"}, data)
+    with pytest.raises(ContextSegError, match="loss.kwargs.alpha=median_frequency needs the training set to count"):
+        resolve_loss_kwargs({"alpha": "median_frequency"}, None, num_classes=3)
+    with pytest.raises(ContextSegError, match="loss.kwargs.class_weights has 2 values but the dataset has 3 classes"):
+        resolve_loss_kwargs({"class_weights": [1.0, 2.0]}, data)
+    with pytest.raises(ContextSegError, match=r"loss 'ce' has no argument\(s\) \['gamma'\]; its arguments "
+                                              r"\(loss.kwargs\) are: class_weights$"):
+        build_loss("ce", gamma=2.0)
