@@ -379,9 +379,9 @@ def _export(args) -> int:
 
     check_export_target(args.out, args.checkpoint)  # never over the checkpoint, before reading it
     model = _dense_model(args.checkpoint, "export")
-    report = export_onnx(args.checkpoint if model is None else model, args.out, size=args.size, output=args.output, dynamic=not args.static,
-                         opset=args.opset, exporter=args.exporter, scales=args.scales, merge=args.merge,
-                         flip=args.flip)
+    report = export_onnx(args.checkpoint if model is None else model, args.out, size=args.size, output=args.output,
+                         dynamic=not args.static, opset=args.opset, exporter=args.exporter, scales=args.scales,
+                         merge=args.merge, flip=args.flip)
     print(report.summary())
     return 0
 

@@ -327,7 +327,8 @@ class PairedSegmentation(Dataset):
         if self.image_scale != 1.0:
             h, w = label.shape
             size = (max(1, round(w * self.image_scale)), max(1, round(h * self.image_scale)))  # cv2: (W, H)
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if self.image_scale < 1 else cv2.INTER_LINEAR)
+            shrink = self.image_scale < 1
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
             label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
         return image, label
 

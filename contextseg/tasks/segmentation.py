@@ -114,7 +114,9 @@ class SegmentationTask(Task):
             print(f"inference: backend {used}" + (f", amp {amp}" if used == "eager" else ""))
         runtime = EvalRuntime(device, amp, cfg.train.channels_last, progress)
         result = self.score(model, loader, val_set, runtime)
-        report = {"inference": inference_spec(models[0]), "backend": used, **({"skipped": skipped} if skip_bad else {})}
+        report = {"inference": inference_spec(models[0]), "backend": used}
+        if skip_bad:
+            report["skipped"] = skipped
         if oracle:
             if not isinstance(getattr(model, "head", None), OCRHead):
                 raise ContextSegError(f"--oracle-regions replaces the OCR head's object regions; {checkpoints[0]!r} "
