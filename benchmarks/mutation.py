@@ -34,6 +34,7 @@ KILLED = {1, 3, 36, 24, -24, 152, 255, 37}  # test failure, pytest internal erro
 SURVIVED = {0}
 NO_TESTS = {5, 33}
 
+COPIED = ("contextseg", "tests", "configs", "zoo")  # the package, and what its tests read (configs, zoo models)
 GROUPS = {  # name: (files to mutate, test files that exercise them)
     "heads": (["contextseg/models/heads/" + f for f in ("ocr.py", "psp.py", "aspp.py", "aspp_l.py", "fcn.py",
                                                         "danet.py", "nonlocal_head.py", "largefov.py", "aux.py")],
@@ -58,14 +59,14 @@ def setup_cfg(files: list[str], tests: list[str]) -> str:
     return ("[mutmut]\nsource_paths=" + items(["contextseg"]) + "\nonly_mutate=" + items(files)
             + "\npytest_add_cli_args_test_selection=" + items(tests)
             + "\npytest_add_cli_args=" + items(["-q", "-p", "no:cacheprovider", "-m", "not real_data and not slow"])
-            + "\nuse_git_change_detection=False\n")
+            + "\nalso_copy=" + items(COPIED[1:]) + "\nuse_git_change_detection=False\n")
 
 
 def prepare(work: Path, files: list[str], tests: list[str]) -> None:
     """WORK holds a copy of the package and tests; an existing copy is kept (mutmut resumes from it) unless a file
     under test changed since, in which case it is refreshed and mutmut re-tests what changed."""
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("contextseg", "tests"):
+    for name in COPIED:
         shutil.copytree(ROOT / name, work / name, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(ROOT / "pyproject.toml", work / "pyproject.toml")
