@@ -101,22 +101,25 @@ def test_stale_temp_files_of_a_killed_save_are_cleaned(trained_run, tmp_path):
 
 
 class Malicious:
-    """Unpickling this runs code: weights_only loading must refuse it."""
+    """Unpickling this runs code (it creates ``marker``): weights_only loading must refuse it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
 
     def __reduce__(self):
-        return (os.system, ("touch /tmp/contextseg_pwned",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.mark.parametrize("content", ["pickle", "random", "empty"])
 def test_bad_checkpoint_files_are_one_line_and_never_unpickled(tmp_path, capsys, content):
-    path = tmp_path / "model.pt"
+    path, marker = tmp_path / "model.pt", tmp_path / "pwned"  # a marker of this run only, not a shared /tmp file
     if content == "pickle":
-        torch.save({"model": Malicious()}, path)
+        torch.save({"model": Malicious(marker)}, path)
     else:
         path.write_bytes(os.urandom(512) if content == "random" else b"")
     before = digests(path)
     code, _, err = run_cli(capsys, "predict", tmp_path, "--checkpoint", path, "--out", tmp_path / "out")
-    assert code == 2 and not Path("/tmp/contextseg_pwned").exists()
+    assert code == 2 and not marker.exists()
     one_clear_line(err, str(path))
     assert "weights_only=False" not in err and ("never unpickles" in err if content == "pickle" else
                                                 "not a readable checkpoint" in err)
