@@ -258,3 +258,129 @@ def test_train_eval_predict_cli(tmp_path, capsys):
                  "--no-progress"]) == 0
     assert main(["train", cfg, *common, "model.arch=fcn", "--no-progress"]) == 2
     assert "is for image classification" in capsys.readouterr().err
+
+
+def _message(call):
+    with pytest.raises(ContextSegError) as err:
+        call()
+    return str(err.value)
+
+
+def test_saol_loss_settings_are_checked_with_messages_that_name_the_fix():
+    from contextseg.losses.saol import build_classification_loss
+    assert _message(lambda: SAOLLoss({"out": 1.0, "gap_ce": 1.0})) == (
+        "loss.weights has ['gap_ce'], which the SAOL loss does not know (GAP-FC's CE is part of L_SD: its share is "
+        "1 - loss.kwargs.beta); its terms: out, attention, spatial_logits, gap (e.g. {out: 1, attention: 1, "
+        "spatial_logits: 1, gap: 1})")
+    assert _message(lambda: SAOLLoss({"aux": 1.0})) == (
+        "loss.weights has ['aux'], which the SAOL loss does not know; its terms: out, attention, spatial_logits, gap "
+        "(e.g. {out: 1, attention: 1, spatial_logits: 1, gap: 1})")
+    for weights in ({"out": -1.0}, {"out": "1"}):
+        assert _message(lambda: SAOLLoss(weights)) == f"loss.weights must be numbers >= 0, got {weights}"
+    assert SAOLLoss({"out": 1.0, "gap": 0}).weights == {"out": 1.0}  # a zero weight drops the term
+    for temperature in (0, -1.0, "2"):
+        assert _message(lambda: SAOLLoss(temperature=temperature)) == (
+            f"loss.kwargs.temperature must be > 0, got {temperature!r}")
+    for beta in (-0.1, 1.5, "0.5"):
+        assert _message(lambda: SAOLLoss(beta=beta)) == f"loss.kwargs.beta must be in [0, 1], got {beta!r}"
+    assert SAOLLoss(beta=0).beta == 0.0 and SAOLLoss(beta=1).beta == 1.0 and SAOLLoss(temperature=0.5)
+    # the builder: "saol" by default with all four terms, "ce" = the CutMix CE alone, kwargs passed through
+    assert build_classification_loss().weights == {"out": 1.0, "attention": 1.0, "spatial_logits": 1.0, "gap": 1.0}
+    assert build_classification_loss("ce").weights == {"out": 1.0}
+    assert build_classification_loss("saol", {"out": 2.0, "gap": 1.0}).weights == {"out": 2.0, "gap": 1.0}
+    built = build_classification_loss("saol", beta=0.25, temperature=3.0)
+    assert (built.beta, built.temperature) == (0.25, 3.0)
+    assert _message(lambda: build_classification_loss("focal")) == (
+        "loss.name='focal' is not a classification loss; use saol or ce")
+    assert _message(lambda: build_classification_loss("saol", gamma=2)) == (
+        "loss.kwargs ['gamma'] are not options of the classification loss; it takes temperature, beta")
+
+
+def test_saol_loss_inputs_are_checked_with_messages():
+    out = torch.zeros(3, 4)
+    assert _message(lambda: SAOLLoss()({"out": torch.zeros(3, 4, 2)}, torch.tensor([0, 1, 2]))) == (
+        "a classifier's 'out' is (B, K) logits, got (3, 4, 2); use a classification model (model.arch saol or gap)")
+    for labels in (torch.tensor([0, 4, 1]), torch.tensor([-1, 0, 1])):
+        assert _message(lambda: SAOLLoss({"out": 1.0})({"out": out}, labels)) == (
+            f"class labels must be in 0..3, got {labels.tolist()}")
+    SAOLLoss({"out": 1.0})({"out": out}, torch.tensor([3, 0, 1]))  # K - 1 is a class
+    for labels, got in ((torch.zeros(3, 1, dtype=torch.long), "torch.Size([3, 1])"),
+                        (torch.zeros(2, dtype=torch.long), "torch.Size([2])"), ([0, 1, 2], "<class 'list'>")):
+        assert _message(lambda: SAOLLoss.targets(labels, 3, "cpu")) == (
+            f"a classification loss takes (B,) class labels, got {got} for a batch of 3")
+    t = SAOLLoss.targets(torch.tensor([2, 0, 1]), 3, "cpu")  # plain labels: unmixed CutMix targets
+    assert sorted(t) == ["box", "index_b", "label", "label_b", "lam"]
+    assert t["lam"].tolist() == [1.0] * 3 and t["box"].shape == (3, 4) and not t["box"].any()
+    assert t["index_b"].tolist() == [0, 1, 2] and t["label_b"].tolist() == [2, 0, 1]
+    outputs = {"out": torch.zeros(2, 3), "spatial_logits": torch.zeros(2, 3, 2, 2),
+               "attention": torch.zeros(2, 1, 2, 2)}
+    mixed = {**SAOLLoss.targets(torch.tensor([0, 1]), 2, "cpu"), "lam": torch.tensor([0.5, 1.0]),
+             "box": BOX.repeat(2, 1)}
+    assert _message(lambda: SAOLLoss()(outputs, mixed)) == (
+        "L_ss2 needs targets['source_logits'], the spatial logits of each CutMixed image's source (unmixed partner) "
+        "image: wrap the CutMix in losses.saol.WithSourceLogits(mix, model), or set loss.weights.spatial_logits=0")
+
+
+def test_saol_terms_per_sample_and_over_the_mixed_samples_only():
+    # _mixed_ce and L_SD per sample, each with its own lam
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.0, 0.0]])
+    t = {"label": torch.tensor([0, 1]), "label_b": torch.tensor([2, 0]), "lam": torch.tensor([0.75, 0.25])}
+    ce = lambda i, y: -logits[i].log_softmax(0)[y].item()  # noqa: E731
+    expected = [0.75 * ce(0, 0) + 0.25 * ce(0, 2), 0.25 * ce(1, 1) + 0.75 * ce(1, 0)]
+    from contextseg.losses.saol import _mixed_ce
+    assert _mixed_ce(logits, t).tolist() == pytest.approx(expected, rel=1e-6)
+    assert sd_loss(logits, logits, t).tolist() == pytest.approx([0.5 * v for v in expected], rel=1e-6)  # beta 0.5
+    # L_ss1, L_ss2 per sample (B,): two samples, different values
+    mask = box_coverage(BOX.repeat(2, 1), 2, 2)
+    att = torch.tensor([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]]).view(2, 1, 2, 2)
+    per = ss1_loss(att, mask)
+    assert per.shape == (2,) and per[0] == pytest.approx(ss1_loss(att[:1], mask[:1]).item())
+    assert per[1] == pytest.approx(ss1_loss(att[1:], mask[1:]).item()) and per[0] != per[1]
+    # attention saturated on one cell (softmax gives exactly 1.0): still finite, log(1 - a) clamped at 1 - 1e-7
+    peaked = torch.tensor([1.0, 0.0, 0.0, 0.0]).view(1, 1, 2, 2)
+    corner = torch.tensor([[[0.0, 0.0], [0.0, 1.0]]])  # the box is elsewhere
+    a_max = torch.tensor(1 - 1e-7, dtype=torch.float32).item()
+    by_hand = -(math.log1p(-a_max) + 2 * math.log1p(-1e-12) + math.log(1e-12)) / 4
+    assert ss1_loss(peaked, corner).item() == pytest.approx(by_hand, rel=1e-5)
+    z = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    z_src = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(1))
+    mask2 = torch.stack([mask[0], torch.tensor([[0.0, 0.0], [0.0, 0.25]])])
+    per = ss2_loss(z, z_src, mask2)
+    assert per.shape == (2,)
+    assert per[0] == pytest.approx(ss2_loss(z[:1], z_src[:1], mask2[:1]).item(), rel=1e-6)
+    assert per[1] == pytest.approx(ss2_loss(z[1:], z_src[1:], mask2[1:]).item(), rel=1e-6)
+    # the module: the self-supervised terms average over the mixed samples only (one of three here)
+    torch.manual_seed(0)
+    b, k = 3, 4
+    outputs = {"out": torch.randn(b, k), "spatial_logits": torch.randn(b, k, 2, 2),
+               "attention": torch.randn(b, 4).softmax(1).view(b, 1, 2, 2)}
+    t = {"label": torch.tensor([0, 1, 2]), "label_b": torch.tensor([3, 0, 1]), "lam": torch.tensor([1.0, 0.5, 1.0]),
+         "box": BOX.repeat(b, 1), "index_b": torch.tensor([0, 2, 1]), "source_logits": torch.randn(b, k, 2, 2)}
+    _, parts = SAOLLoss()(outputs, t)
+    m = box_coverage(t["box"], 2, 2)
+    torch.testing.assert_close(parts["ss1"], ss1_loss(outputs["attention"], m)[1])
+    torch.testing.assert_close(parts["ss2"], ss2_loss(outputs["spatial_logits"], t["source_logits"], m)[1])
+    # no weighted term: a zero tensor, float32 (also for bf16 outputs)
+    total, parts = SAOLLoss({"out": 0})({"out": torch.zeros(2, 3)}, torch.tensor([0, 1]))
+    assert torch.is_tensor(total) and total.item() == 0 and parts == {}
+    _, parts = SAOLLoss()({k: v.bfloat16() for k, v in outputs.items()}, t["label"])
+    assert parts["ss1"].dtype == torch.float32 and parts["ss2"].dtype == torch.float32
+
+
+def test_source_logits_pass_stops_for_a_model_without_spatial_logits():
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return {"out": x.mean(dim=(2, 3))}
+
+    model = Counting().train()
+    mix = WithSourceLogits(LabelCutMix(p=1.0, generator=torch.Generator().manual_seed(0)), model)
+    images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    for _ in range(3):
+        _, t = mix(images, labels)
+        assert "source_logits" not in t and model.training
+    assert model.calls == 1 and mix.active is False
