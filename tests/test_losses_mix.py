@@ -514,3 +514,175 @@ def test_trainer_applies_batch_transform(tmp_path):
 
     Trainer(cfg, Tiny(), build_loss("ce", {"out": 1.0}), data, progress=False, batch_transform=transform).fit()
     assert len(seen) == 2
+
+
+# ----------------------------------------------------------------------------- mixes: edges and messages
+
+
+def _mix_message(call):
+    with pytest.raises(ContextSegError) as err:
+        call()
+    return str(err.value)
+
+
+def test_mixes_check_their_inputs_with_one_message_each():
+    images, labels = torch.zeros(2, 3, 4, 6), torch.zeros(2, 4, 6, dtype=torch.long)
+    bad = [(images[0], labels), (images, labels[None]), (images, labels[:1]), (images, labels[:, :, :5])]
+    for im, lab in bad:
+        for mix in (cutmix, copy_paste):
+            assert _mix_message(lambda: mix(im, lab)) == (
+                f"batch mixes take images (B, C, H, W) and labels (B, H, W) of the same B, H, W; got "
+                f"{tuple(im.shape)} and {tuple(lab.shape)}")
+    assert _mix_message(lambda: cutmix(images, labels, alpha=0)) == "cutmix alpha must be > 0, got 0"
+    assert _mix_message(lambda: copy_paste(images, labels, image_mode="bicubic")) == (
+        "copy_paste image_mode is 'bilinear' or 'nearest', got 'bicubic'")
+    assert _mix_message(lambda: copy_paste(images, labels, object_prob=1.5)) == (
+        "copy_paste object_prob is None or a probability in [0, 1], got 1.5")
+    for p in (0.0, 1.0):
+        copy_paste(images, labels, object_prob=p)
+    assert _mix_message(lambda: copy_paste(images, labels, scale_range=[0, 1])) == (
+        "copy_paste scale_range must be [min, max] with 0 < min <= max, got [0, 1]")
+    from contextseg.data.mix import _scale_range
+    assert _scale_range([0.5, 1.5]) == (0.5, 1.5) and _scale_range("large") == (0.1, 2.0)
+    # the papers' defaults: CutMix alpha 1 (Yun et al. Sec. 4), Copy-Paste flips half the images (Ghiasi et al. Sec. 3)
+    import inspect
+    assert inspect.signature(cutmix).parameters["alpha"].default == 1.0
+    assert inspect.signature(copy_paste).parameters["flip"].default == 0.5
+
+
+def test_batch_mix_settings_and_messages():
+    assert BatchMix().mix == "cutmix" and BatchMix().p == 0.5
+    assert _mix_message(lambda: BatchMix("mixup")) == (
+        "unknown batch mix 'mixup'; use one of none, cutmix, copy_paste (data.mix)")
+    assert _mix_message(lambda: BatchMix("cutmix", 1.5)) == (
+        "batch mix probability must be in [0, 1], got 1.5 (data.mix_prob)")
+    for name in ("images", "labels", "sigma"):
+        assert _mix_message(lambda: BatchMix("cutmix", **{name: 1})) == (
+            f"cutmix has no argument(s) ['{name}'] (data.mix_kwargs); its arguments: alpha, box")
+    assert _mix_message(lambda: BatchMix("copy_paste", alpha=1)).endswith(
+        "its arguments: classes, scale_range, flip, object_prob, destination, image_mode")
+    assert BatchMix("copy_paste", ignore_index=7).kwargs["ignore_index"] == 7
+    assert "ignore_index" not in BatchMix("cutmix", ignore_index=7).kwargs
+    # build_batch_mix: attributes a config lacks take their defaults (no mix, probability 0, no kwargs)
+    from types import SimpleNamespace as NS
+    assert build_batch_mix(NS()) is None and build_batch_mix(NS(mix="cutmix")) is None
+    assert build_batch_mix(NS(mix="cutmix", mix_prob=0.0)) is None
+    g = torch.Generator()
+    built = build_batch_mix(NS(mix="copy_paste", mix_prob=0.3), ignore_index=7, generator=g)
+    assert (built.mix, built.p, built.generator, built.kwargs) == ("copy_paste", 0.3, g, {"ignore_index": 7})
+
+
+def test_batch_mix_draws_only_from_its_generator():
+    images = torch.randn(4, 3, 8, 8)
+    labels = torch.randint(0, 3, (4, 8, 8))
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # the global RNG differs; the mix's own generator decides everything
+        mix = BatchMix("cutmix", 0.5, generator=torch.Generator().manual_seed(3))
+        runs.append([mix(images, labels) for _ in range(6)])
+    for (i1, l1), (i2, l2) in zip(*runs):
+        assert torch.equal(i1, i2) and torch.equal(l1, l2)
+    g = torch.Generator().manual_seed(5)
+    state = g.get_state()
+    out = BatchMix("cutmix", 0.0, generator=g)(images, labels)
+    assert out[0] is images and torch.equal(g.get_state(), state)  # p = 0: no coin tossed, the stream untouched
+
+
+SWAP = 1  # torch.randperm(2) with this seed is [1, 0]: the two samples swap
+
+
+def test_cutmix_box_follows_the_image_shape_and_pastes_thin_strips(monkeypatch):
+    images = torch.arange(2 * 3 * 16 * 40, dtype=torch.float32).view(2, 3, 16, 40)
+    labels = torch.zeros(2, 16, 40, dtype=torch.long)
+    labels[1] = 1
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        out, _ = cutmix(images, labels, box="inside", generator=g)
+        changed = (out != images).any(1).any(0)
+        if changed.any():
+            rows, cols = changed.any(1).nonzero(), changed.any(0).nonzero()
+            h, w = len(rows), len(cols)  # sides round(sqrt(1 - lam) * 16), round(sqrt(1 - lam) * 40)
+            assert abs(h / 16 - w / 40) <= 1 / 16 + 1 / 40
+    import contextseg.data.mix as mix_module
+    for box in ((5, 3, 1, 7), (2, 9, 6, 1)):  # one-pixel strips are pasted too
+        monkeypatch.setattr(mix_module, "cutmix_box", lambda *a, b=box: b)
+        out, lab = cutmix(images, labels, generator=torch.Generator().manual_seed(SWAP))
+        top, left, h, w = box
+        assert torch.randperm(2, generator=torch.Generator().manual_seed(SWAP)).tolist() == [1, 0]
+        assert torch.equal(lab[:, top:top + h, left:left + w], labels.flip(0)[:, top:top + h, left:left + w])
+    rng = np.random.default_rng(0)
+    boxes = [cutmix_box(16, 40, 1.0, rng) for _ in range(300)]
+    assert min(b[0] for b in boxes) == 0 and min(b[1] for b in boxes) == 0  # clipped at the top and left edges
+
+
+def test_components_number_each_region_once():
+    from contextseg.data.mix import _components
+    label = np.array([[1, 1, 0, 2],
+                      [0, 0, 0, 2],
+                      [1, 0, 255, 2]])
+    ids, n = _components(label, None, 255)
+    assert n == 4 and sorted(np.unique(ids).tolist()) == [0, 1, 2, 3, 4]  # class 0 is one region; 255 never
+    assert len(np.unique(ids[label == 1])) == 2 and len(np.unique(ids[label == 2])) == 1
+    ids, n = _components(label, {1, 2}, 255)
+    assert n == 3 and sorted(np.unique(ids).tolist()) == [0, 1, 2, 3] and (ids[label == 0] == 0).all()
+
+
+def test_place_crops_and_pads_non_square_patches():
+    from contextseg.data.mix import _place
+    src = torch.arange(6.0).view(1, 2, 3)
+    assert _place(src, 3, 4, 1, 1, fill=-1).tolist() == [[[-1, -1, -1, -1], [-1, 0, 1, 2], [-1, 3, 4, 5]]]
+    assert _place(src, 3, 4, -1, 2, fill=-1).tolist() == [[[-1, -1, 3, 4], [-1, -1, -1, -1], [-1, -1, -1, -1]]]
+    assert (_place(src, 3, 4, 5, 0, fill=-1) == -1).all()  # wholly outside: only fill
+    assert (_place(src, 3, 4, 0, 9, fill=-1) == -1).all()
+
+
+def test_scale_jitter_offsets_cover_every_position_and_tiny_scales_keep_one_pixel():
+    rows = torch.arange(8).view(8, 1).expand(8, 8).contiguous()
+    image = rows[None].float()
+    tops_small, tops_large, lefts_large = set(), set(), set()
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        _, lab = scale_jitter(image, rows, (0.5, 0.5), 0.0, rng, "nearest")  # 4x4 content on an 8x8 canvas
+        kept = (lab != 255).nonzero()
+        tops_small.add(int(kept[:, 0].min()))
+        lefts_large.add(int(kept[:, 1].min()))
+        _, lab = scale_jitter(image, rows, (2.0, 2.0), 0.0, rng, "nearest")  # a 16x16 image cropped to 8x8
+        tops_large.add(int(lab[0, 0]) * 2)  # the crop's top row in the 16x16 image (row r shows r // 2)
+    assert tops_small == set(range(5)) and lefts_large == set(range(5))
+    assert tops_large == set(range(0, 9, 2))
+    cols = rows.t().contiguous()
+    lefts = {int(scale_jitter(cols[None].float(), cols, (2.0, 2.0), 0.0, rng, "nearest")[1][0, 0]) for _ in range(200)}
+    assert lefts == set(range(5))
+    image, lab = scale_jitter(image, rows, (0.1, 0.1), 0.0, np.random.default_rng(0))  # round(0.8) -> 1 pixel
+    assert (lab != 255).sum() == 1 and (image != 0).sum() <= 1
+    # bilinear resize as F.interpolate(align_corners=False): the crop is a window of it
+    smooth = torch.arange(16.0).view(1, 4, 4)
+    up = F.interpolate(smooth[None], size=(8, 8), mode="bilinear", align_corners=False)[0]
+    out, _ = scale_jitter(smooth, torch.zeros(4, 4, dtype=torch.long), (2.0, 2.0), 0.0, np.random.default_rng(1))
+    assert any(torch.equal(out, up[:, t:t + 4, s:s + 4]) for t in range(5) for s in range(5))
+
+
+def test_copy_paste_pads_with_the_given_ignore_index_and_picks_objects_by_the_rule():
+    images = torch.randn(2, 3, 8, 8)
+    labels = torch.ones(2, 8, 8, dtype=torch.long)
+    for destination in (True, False):
+        _, lab = copy_paste(images, labels, scale_range=[0.5, 0.5], ignore_index=7, destination=destination,
+                            generator=torch.Generator().manual_seed(0))
+        assert set(lab.unique().tolist()) <= {1, 7} and (lab == 255).sum() == 0
+        if destination:
+            assert (lab == 7).any()
+    # one object per source (class 1 in a 0 background): object_prob 0 still pastes exactly one object
+    b = 200
+    images = torch.zeros(b, 1, 6, 6)
+    labels = torch.zeros(b, 6, 6, dtype=torch.long)
+    labels[:, 1:3, 1:3] = 1
+    images[:, :, 1:3, 1:3] = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1) + 1
+    kw = dict(classes=[1], scale_range=[1.0, 1.0], flip=0.0, destination=False, image_mode="nearest")
+    out, _ = copy_paste(images, labels, object_prob=0.0, generator=torch.Generator().manual_seed(0), **kw)
+    perm = torch.randperm(b, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out[:, :, 1:3, 1:3], images[perm][:, :, 1:3, 1:3])
+    # object_prob None: m ~ U{0..n} of the n objects; n = 1 -> pasted in half of the samples
+    out, _ = copy_paste(images, labels, generator=torch.Generator().manual_seed(0), **kw)
+    pasted = (out != images).flatten(1).any(1).float().mean().item()
+    same = (perm == torch.arange(b)).float().mean().item()  # a sample drawing itself changes nothing
+    assert abs(pasted - 0.5 * (1 - same)) < 0.08
