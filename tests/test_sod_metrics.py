@@ -242,3 +242,46 @@ def test_errors_name_the_problem():
 def test_function_api():
     pred, gt = prepare(*make_pair(0))
     assert abs(smeasure(pred, gt) - SINGLE["blobs_0"]["s_measure"]) <= TOL
+
+
+def test_prepare_messages_name_the_problem_and_the_fix():
+    def message(*args, **kw):
+        with pytest.raises(ContextSegError) as err:
+            prepare(*args, **kw)
+        return str(err.value)
+
+    u8 = np.zeros((2, 3), np.uint8)
+    assert message(u8, np.zeros((3, 2), np.uint8)) == (
+        "SOD metrics: prediction shape (2, 3) differs from ground-truth shape (3, 2); resize the prediction to the "
+        "mask size before update()")
+    for shape in ((2, 3, 3), (1, 0)):
+        assert message(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)) == (
+            f"SOD metrics: expected one non-empty 2-D (H, W) grayscale map, got shape {shape}; pass one image at a "
+            f"time and convert colour maps to one channel")
+    prepare(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8))  # one pixel is an image
+    assert message(u8, u8.astype(bool)) == (
+        "SOD metrics: gt is boolean but normalize=True expects a uint8 mask (foreground > 128); pass the 0..255 "
+        "mask, or normalize=False with a float pred in [0, 1]")
+    for pred, gt, got in ((u8, u8.astype(bool), "uint8 and bool"), (u8.astype(np.float32), u8, "float32 and uint8")):
+        assert message(pred, gt, normalize=False) == (
+            f"SOD metrics: normalize=False needs a float32/float64 pred and a bool gt, got {got}; use "
+            f"normalize=True for uint8 maps")
+    for value in (1.5, -0.5):
+        assert message(np.full((2, 3), value), u8.astype(bool), normalize=False) == (
+            "SOD metrics: with normalize=False pred must lie in [0, 1]; rescale it or use normalize=True")
+
+
+def test_merged_shards_equal_one_pass():
+    rng = np.random.default_rng(0)
+    pairs = [(rng.integers(0, 256, (9, 11)).astype(np.uint8), (rng.random((9, 11)) > 0.5).astype(np.uint8) * 255)
+             for _ in range(5)]
+    whole, a, b = SODMetrics(), SODMetrics(), SODMetrics()
+    for i, (p, g) in enumerate(pairs):
+        whole.update(p, g)
+        (a if i < 2 else b).update(p, g)
+    merged = SODMetrics.merged([a, b])
+    assert len(merged) == 5 and merged.compute() == whole.compute() and len(a) == 2 and len(b) == 3
+    for key, curve in whole.curves().items():
+        np.testing.assert_array_equal(merged.curves()[key], curve)
+    raw = SODMetrics.merged([SODMetrics(normalize=False)])
+    assert raw.normalize is False and SODMetrics.merged([]).normalize is True
