@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -153,7 +154,11 @@ def main() -> int:
         prepare(work, files, tests)
         print(f"[{g}] mutmut run in {work} ({len(files)} files, tests {' '.join(tests)})", flush=True)
         start = time.perf_counter()
-        proc = subprocess.run([mutmut, "run", "--max-children", str(args.max_children)], cwd=work)
+        # one thread per test process: mutmut forks its children from a process that has run torch, and a child
+        # forked after torch started its intra-op thread pool waits forever on the pool's lock (every mutant a
+        # timeout); parallelism comes from --max-children instead
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        proc = subprocess.run([mutmut, "run", "--max-children", str(args.max_children)], cwd=work, env=env)
         minutes = (time.perf_counter() - start) / 60
         if proc.returncode:
             print(f"[{g}] mutmut exited with {proc.returncode}; the counts below are what it finished", flush=True)

@@ -527,7 +527,8 @@ def _mix_message(call):
 
 def test_mixes_check_their_inputs_with_one_message_each():
     images, labels = torch.zeros(2, 3, 4, 6), torch.zeros(2, 4, 6, dtype=torch.long)
-    bad = [(images[0], labels), (images, labels[None]), (images, labels[:1]), (images, labels[:, :, :5])]
+    bad = [(images[0], labels), (images, labels[None]), (images, labels[:1]), (images, labels[:, :, :5]),
+           (labels.float(), labels)]
     for im, lab in bad:
         for mix in (cutmix, copy_paste):
             assert _mix_message(lambda: mix(im, lab)) == (
@@ -544,10 +545,31 @@ def test_mixes_check_their_inputs_with_one_message_each():
         "copy_paste scale_range must be [min, max] with 0 < min <= max, got [0, 1]")
     from contextseg.data.mix import _scale_range
     assert _scale_range([0.5, 1.5]) == (0.5, 1.5) and _scale_range("large") == (0.1, 2.0)
-    # the papers' defaults: CutMix alpha 1 (Yun et al. Sec. 4), Copy-Paste flips half the images (Ghiasi et al. Sec. 3)
-    import inspect
-    assert inspect.signature(cutmix).parameters["alpha"].default == 1.0
-    assert inspect.signature(copy_paste).parameters["flip"].default == 0.5
+
+
+def test_mix_defaults_follow_the_papers():
+    # Copy-Paste flips each image with probability 0.5 (Ghiasi et al. Sec. 3): nothing pasted (no such class), scale 1
+    b = 400
+    images = torch.zeros(b, 1, 2, 2)
+    images[..., 0] = 1.0
+    labels = torch.zeros(b, 2, 2, dtype=torch.long)
+    out, _ = copy_paste(images, labels, classes=[5], scale_range=[1.0, 1.0], generator=torch.Generator().manual_seed(0))
+    flipped = (out[:, 0, 0, 1] == 1).float().mean().item()
+    assert abs(flipped - 0.5) < 0.07
+    # CutMix lam ~ Beta(1, 1) (Yun et al. Sec. 3.1: alpha 1): with the "inside" box the pasted area fraction is
+    # uniform (variance 1/12; alpha 2 would give 1/20)
+    images = torch.stack([torch.zeros(1, 40, 40), torch.ones(1, 40, 40)])
+    labels = torch.zeros(2, 40, 40, dtype=torch.long)
+    g, areas = torch.Generator().manual_seed(0), []
+    while len(areas) < 400:
+        out, _ = cutmix(images, labels, box="inside", generator=g)
+        if out[0].any():  # the two samples swapped
+            areas.append(out[0].mean().item())
+    assert abs(np.var(areas) - 1 / 12) < 0.015 and abs(np.mean(areas) - 0.5) < 0.05
+    # the numpy RNG behind the mixes takes one of 2^62 seeds from the torch generator: no two draws alike
+    from contextseg.data.mix import _numpy_rng
+    g = torch.Generator().manual_seed(0)
+    assert len({int(_numpy_rng(g).integers(2**62)) for _ in range(300)}) == 300
 
 
 def test_batch_mix_settings_and_messages():
@@ -566,6 +588,7 @@ def test_batch_mix_settings_and_messages():
     # build_batch_mix: attributes a config lacks take their defaults (no mix, probability 0, no kwargs)
     from types import SimpleNamespace as NS
     assert build_batch_mix(NS()) is None and build_batch_mix(NS(mix="cutmix")) is None
+    assert build_batch_mix(NS(mix_prob=0.5)) is None
     assert build_batch_mix(NS(mix="cutmix", mix_prob=0.0)) is None
     g = torch.Generator()
     built = build_batch_mix(NS(mix="copy_paste", mix_prob=0.3), ignore_index=7, generator=g)
