@@ -46,7 +46,8 @@ GROUPS = {  # name: (files to mutate, test files that exercise them)
                 ["tests/test_metrics_losses.py", "tests/test_known_values.py"]),
     "mixes": (["contextseg/data/mix.py"], ["tests/test_losses_mix.py", "tests/test_known_values.py"]),
     "multiscale": (["contextseg/models/multiscale.py"], ["tests/test_multiscale.py", "tests/test_known_values.py"]),
-    "checkpoint": (["contextseg/engine/checkpoint.py"], ["tests/test_engine.py", "tests/test_failure_catalogue.py"]),
+    "checkpoint": (["contextseg/engine/checkpoint.py"], ["tests/test_checkpoint.py", "tests/test_engine.py",
+                                                         "tests/test_failure_catalogue.py"]),
     "sod": (["contextseg/metrics/sod.py"], ["tests/test_sod_metrics.py", "tests/test_known_values.py"]),
     "saol_loss": (["contextseg/losses/saol.py"], ["tests/test_saol.py", "tests/test_known_values.py"]),
 }
