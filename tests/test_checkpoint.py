@@ -21,11 +21,21 @@ FIX = "free space, fix the folder's permissions or choose another output folder"
 
 
 def test_atomic_save_writes_replaces_and_leaves_no_temp(tmp_path):
-    path = tmp_path / "deeper" / "last.pt"  # the folder is made
+    path = tmp_path / "two" / "deeper" / "last.pt"  # the folders are made
     ck.atomic_save({"a": torch.arange(3)}, path)
     ck.atomic_save({"a": torch.arange(4)}, path)
     assert torch.load(path, weights_only=True)["a"].tolist() == [0, 1, 2, 3]
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+def test_atomic_save_writes_a_hidden_temp_beside_the_target(tmp_path, monkeypatch):
+    renames, real_replace = [], ck.os.replace
+    monkeypatch.setattr(ck.os, "replace", lambda a, b: (renames.append((a, b)), real_replace(a, b)))
+    ck.atomic_save({"a": torch.ones(1)}, tmp_path / "best.pt")
+    (tmp, target), = renames
+    tmp = ck.Path(tmp)
+    assert ck.Path(target) == tmp_path / "best.pt" and tmp.parent == tmp_path  # same folder: rename is atomic
+    assert tmp.name.startswith(".best.pt.") and tmp.name.endswith(".tmp")  # what remove_stale_temps removes
 
 
 def test_atomic_save_failures_keep_the_old_file_and_name_the_path(tmp_path, monkeypatch):
@@ -74,11 +84,13 @@ def test_remove_stale_temps_removes_only_temp_files(tmp_path):
 
 def test_rng_state_round_trip_restores_every_generator(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.standard_normal()  # numpy now holds a cached Gaussian and a position inside its key
     state = ck.rng_state()
     ck.atomic_save({"rng": state}, tmp_path / "rng.pt")  # as a checkpoint stores it: loadable with weights_only
-    first = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    draw = lambda: (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())  # noqa: E731
+    first = draw()
     ck.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
-    assert (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()) == first
+    assert draw() == first
 
 
 def test_load_checkpoint_messages(tmp_path):
@@ -133,3 +145,14 @@ def test_model_args_and_model_from_checkpoint():
         assert torch.equal(value, built.state_dict()[name])
     bare = ck.model_from_checkpoint({"model": built.state_dict(), "model_args": args})
     assert bare.classes is None and bare.palette is None
+
+
+def test_load_model_names_the_file_and_takes_the_device(tmp_path):
+    args = {"arch": "fcn", "backbone": "hrnetv2_w18_small_v1", "num_classes": 3}
+    state = ck.create_model(**args).state_dict()
+    ck.atomic_save({"model": state, "model_args": args}, tmp_path / "ok.pt")
+    model = ck.load_model(tmp_path / "ok.pt", device="meta")
+    assert all(p.device.type == "meta" for p in model.parameters()) and not model.training
+    ck.atomic_save({"model": state, "model_args": {**args, "num_classes": 4}}, tmp_path / "other.pt")
+    text = _message(lambda: ck.load_model(tmp_path / "other.pt"))
+    assert text.startswith(f"checkpoint {str(tmp_path / 'other.pt')!r} does not fit this model: shape mismatches")
