@@ -43,7 +43,8 @@ GROUPS = {  # name: (files to mutate, test files that exercise them)
                "tests/test_head_settings.py"] + [f"tests/test_gt_ocr.py::test_{t}" for t in (  # not its CLI eval
                    "label_onehot_downsamples_and_keeps_ignored_pixels_apart",
                    "ground_truth_regions_are_class_means_of_the_pixels",
-                   "full_oracle_gives_each_pixel_its_own_regions_value", "oracle_changes_only_the_forward_inside_the_block")]),
+                   "full_oracle_gives_each_pixel_its_own_regions_value",
+                   "oracle_changes_only_the_forward_inside_the_block")]),
     "losses": (["contextseg/losses/pixel.py", "contextseg/losses/outputs.py"],
                ["tests/test_metrics_losses.py", "tests/test_losses_mix.py", "tests/test_known_values.py"]),
     "metrics": (["contextseg/metrics/segmentation.py", "contextseg/metrics/classification.py"],
