@@ -156,3 +156,23 @@ def test_load_model_names_the_file_and_takes_the_device(tmp_path):
     ck.atomic_save({"model": state, "model_args": {**args, "num_classes": 4}}, tmp_path / "other.pt")
     text = _message(lambda: ck.load_model(tmp_path / "other.pt"))
     assert text.startswith(f"checkpoint {str(tmp_path / 'other.pt')!r} does not fit this model: shape mismatches")
+
+
+def test_mismatch_lists_are_cut_and_any_one_kind_is_enough():
+    model = torch.nn.Sequential(*[torch.nn.Linear(1, 1, bias=False) for _ in range(6)])
+    state = {k: torch.zeros(2, 2) for k in model.state_dict()}  # six shape mismatches: four are named
+    text = _message(lambda: ck.load_state_dict_checked(model, state))
+    assert text.count("checkpoint (2, 2) vs model (1, 1)") == 4 and "3.weight: checkpoint" in text
+    assert "0.weight: checkpoint (2, 2) vs model (1, 1); 1.weight" in text
+    only_missing = {k: v for k, v in model.state_dict().items() if k not in ("2.weight", "3.weight", "4.weight",
+                                                                            "5.weight")}
+    assert _message(lambda: ck.load_state_dict_checked(model, only_missing)) == (
+        "checkpoint does not fit this model: 4 missing keys, e.g. ['2.weight', '3.weight', '4.weight']. Build the "
+        "model the checkpoint was trained with (contextseg.load_model(path) does).")
+    assert _message(lambda: ck.model_from_checkpoint({"model": {}})).startswith(
+        "checkpoint 'checkpoint' has no 'model_args'")
+
+
+def test_load_checkpoint_reads_zoo_names():
+    ckpt = ck.load_checkpoint("zoo:synthetic-demo")
+    assert ckpt["model_args"]["arch"] == "ocr" and "model" in ckpt
