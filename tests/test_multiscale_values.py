@@ -362,3 +362,11 @@ def test_configure_inference_of_a_wrapper():
                                    "stride": [4, 4]}
     flipped = MultiScale(Pool(), (0.5, 1.0), "hierarchical", flip=True, attention_channels=4)
     assert configure_inference(flipped, merge="avg").flip is True
+    # the wrapper's window and stride stay when the merge changes; a stride alone applies to its window
+    windowed = MultiScale(Pool(), (0.5, 1.0), "hierarchical", window=(8, 8), stride=(4, 4), attention_channels=4)
+    assert (configure_inference(windowed, stride=(2, 2)).window, windowed.stride) == ((8, 8), (2, 2))
+    avg = configure_inference(windowed, merge="avg")
+    assert (avg.merge, avg.window, avg.stride) == ("avg", (8, 8), (2, 2))
+    assert configure_inference(windowed, merge="max", window=(6, 6)).stride == (6, 6)
+    with pytest.raises(ContextSegError, match="stride was given without a window"):
+        configure_inference(MultiScale(Pool(), (1.0,), "avg"), stride=(2, 2))

@@ -440,17 +440,21 @@ def configure_inference(
     - A plain model: wrapped in ``MultiScale`` (scales default (1.0,), merge default "avg"); merge "attention" or
       "hierarchical" is an error, since their attention nets are learned with the wrapper.
     - A ``MultiScale`` model: its learned merge with new scales/flip/window, or, for merge "avg"/"max", its inner
-      model re-wrapped (the attention net is then unused).
+      model re-wrapped (the attention net is then unused). Its flip, window and stride stay unless new ones are
+      given (a stride alone applies to its window).
     """
     if merge is not None and merge not in MERGES:
         raise ContextSegError(f"unknown multi-scale merge {merge!r}; use one of {', '.join(MERGES)}")
     if isinstance(model, MultiScale):
+        if window is None and stride is not None:  # a new stride for the wrapper's own window
+            window = model.window
+        elif window is None:  # the wrapper's own window and stride, as its flip, unless new ones are given
+            window, stride = model.window, model.stride
         if merge is None or merge == model.merge:
             if scales is not None:
                 model.set_scales(scales)
             model.flip = model.flip or bool(flip)
-            if window is not None or stride is not None:
-                model.set_window(window, stride)
+            model.set_window(window, stride)
             return model
         if merge in LEARNED_MERGES:
             raise ContextSegError(
