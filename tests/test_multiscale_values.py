@@ -180,8 +180,9 @@ def test_multiscale_constructor_messages():
     assert raises(ContextSegError, MultiScale, Bare(), merge="hierarchical") == (
         "merge='hierarchical' needs the model's features: the model must accept return_feat=True and have a "
         "feat_channels attribute (contextseg models do), or pass feat_channels=...")
-    assert raises(ContextSegError, MultiScale, Pool(), 5) == \
-        "scales must be a list of positive numbers, e.g. [0.5, 1.0, 1.5], got 5"
+    for bad, shown in ((5, "5"), ((True, 0.5), "(True, 0.5)")):  # a bool is not the scale 1.0
+        assert raises(ContextSegError, MultiScale, Pool(), bad) == \
+            f"scales must be a list of positive numbers, e.g. [0.5, 1.0, 1.5], got {shown}"
     for bad in ([], (0, 1.0), (-1.0, 1.0), (1.0, 1.0), (0.5, math.inf)):
         assert raises(ContextSegError, MultiScale, Pool(), bad) == \
             f"scales must be distinct positive numbers, e.g. [0.5, 1.0, 1.5], got {bad!r}"

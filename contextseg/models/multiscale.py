@@ -303,6 +303,8 @@ class MultiScale(nn.Module):
     # -- configuration -----------------------------------------------------------------------
     def _check_scales(self, scales) -> tuple[float, ...]:
         try:
+            if any(isinstance(s, bool) for s in scales):  # True is not the scale 1.0 (a YAML slip)
+                raise TypeError
             values = [float(s) for s in scales]
         except (TypeError, ValueError):
             raise ContextSegError(f"scales must be a list of positive numbers, e.g. [0.5, 1.0, 1.5], got {scales!r}") \
