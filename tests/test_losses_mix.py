@@ -709,3 +709,19 @@ def test_copy_paste_pads_with_the_given_ignore_index_and_picks_objects_by_the_ru
     pasted = (out != images).flatten(1).any(1).float().mean().item()
     same = (perm == torch.arange(b)).float().mean().item()  # a sample drawing itself changes nothing
     assert abs(pasted - 0.5 * (1 - same)) < 0.08
+
+
+def test_outputs_loss_defaults_skipped_outputs_and_per_output_criteria():
+    torch.manual_seed(0)
+    logits = {"aux": torch.randn(2, 3, 4, 4), "out": torch.randn(2, 3, 4, 4)}  # "aux" first: it is skipped below
+    labels = torch.randint(0, 3, (2, 4, 4))
+    labels[0, 0] = 255
+    ce = lambda v: F.cross_entropy(v, labels, ignore_index=255)  # noqa: E731
+    _, parts = build_loss()(logits, labels)  # "ce" with ignore_index 255 by default
+    torch.testing.assert_close(parts["out"], ce(logits["out"]))
+    total, parts = build_loss(weights={"out": 1.0})(logits, labels)  # a zero-weight output is passed over
+    assert set(parts) == {"out"}
+    torch.testing.assert_close(total, ce(logits["out"]))
+    _, parts = build_loss("focal", {"out": 1.0, "aux": 1.0}, gamma=2.0)(logits, labels)  # focal on every output
+    for name in ("out", "aux"):
+        torch.testing.assert_close(parts[name], FocalLoss(gamma=2.0, ignore_index=255)(logits[name], labels))
