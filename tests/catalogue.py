@@ -1,8 +1,12 @@
-"""Helpers of the failure catalogue tests: file digests, running the CLI, the one-line error check."""
+"""Test helpers: file digests, running the CLI, the one-line error check (failure catalogue), the message of a raised
+error (API checks)."""
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from contextseg.cli import main
+from contextseg.errors import ContextSegError
 
 
 def digests(*paths) -> dict:
@@ -30,3 +34,10 @@ def one_clear_line(err: str, *words: str) -> None:
     assert "Traceback" not in err, err
     for w in words:
         assert w in lines[0], (w, lines[0])
+
+
+def error_message(fn, *args, exc: type = ContextSegError, **kwargs) -> str:
+    """The message of the ``exc`` that ``fn(*args, **kwargs)`` raises; the test fails when it raises none."""
+    with pytest.raises(exc) as info:
+        fn(*args, **kwargs)
+    return str(info.value)

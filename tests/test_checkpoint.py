@@ -7,14 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from catalogue import error_message
 from contextseg.engine import checkpoint as ck
-from contextseg.errors import ContextSegError
 
-
-def _message(call):
-    with pytest.raises(ContextSegError) as err:
-        call()
-    return str(err.value)
 
 
 FIX = "free space, fix the folder's permissions or choose another output folder"
@@ -47,10 +42,10 @@ def test_atomic_save_failures_keep_the_old_file_and_name_the_path(tmp_path, monk
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
 
     monkeypatch.setattr(ck.torch, "save", full_disk)
-    assert _message(lambda: ck.atomic_save({}, path)) == (
+    assert error_message(lambda: ck.atomic_save({}, path)) == (
         f"cannot write {str(path)!r}: no space left on the device (the previous one is intact); {FIX}")
     monkeypatch.setattr(ck.torch, "save", lambda obj, f: (_ for _ in ()).throw(RuntimeError("file write failed")))
-    assert "no space left on the device" in _message(lambda: ck.atomic_save({}, path))
+    assert "no space left on the device" in error_message(lambda: ck.atomic_save({}, path))
     monkeypatch.setattr(ck.torch, "save", lambda obj, f: (_ for _ in ()).throw(ValueError("a bug, not the disk")))
     with pytest.raises(ValueError, match="a bug"):  # other errors stay themselves
         ck.atomic_save({}, path)
@@ -59,7 +54,7 @@ def test_atomic_save_failures_keep_the_old_file_and_name_the_path(tmp_path, monk
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left by any failure
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert _message(lambda: ck.atomic_save({}, blocker / "last.pt")) == (
+    assert error_message(lambda: ck.atomic_save({}, blocker / "last.pt")) == (
         f"cannot write {str(blocker / 'last.pt')!r}: File exists; {FIX}")
 
 
@@ -95,16 +90,16 @@ def test_rng_state_round_trip_restores_every_generator(tmp_path):
 
 def test_load_checkpoint_messages(tmp_path):
     missing = tmp_path / "none.pt"
-    assert _message(lambda: ck.load_checkpoint(missing)) == (
+    assert error_message(lambda: ck.load_checkpoint(missing)) == (
         f"checkpoint {str(missing)!r} not found (train one with `contextseg train CONFIG`; it writes "
         f"OUTPUT_DIR/best.pt and OUTPUT_DIR/last.pt)")
     for name, obj in (("weights.pt", {"state_dict": {}}), ("list.pt", [1, 2])):
         torch.save(obj, tmp_path / name)
-        assert _message(lambda: ck.load_checkpoint(tmp_path / name)) == (
+        assert error_message(lambda: ck.load_checkpoint(tmp_path / name)) == (
             f"{str(tmp_path / name)!r} is not a contextseg checkpoint (no 'model' entry); for official weights use "
             f"contextseg.load_official(...)")
     (tmp_path / "junk.pt").write_bytes(b"\x00\x01 not a zip")
-    assert "is not a readable checkpoint" in _message(lambda: ck.load_checkpoint(tmp_path / "junk.pt"))
+    assert "is not a readable checkpoint" in error_message(lambda: ck.load_checkpoint(tmp_path / "junk.pt"))
     torch.save({"model": {"w": torch.ones(1)}}, tmp_path / "ok.pt")
     assert ck.load_checkpoint(tmp_path / "ok.pt")["model"]["w"].tolist() == [1.0]
 
@@ -115,12 +110,12 @@ def test_load_state_dict_checked_names_every_kind_of_mismatch():
     state["0.weight"] = torch.zeros(4, 2)
     del state["1.bias"]
     state["2.weight"] = torch.zeros(1)
-    assert _message(lambda: ck.load_state_dict_checked(model, state, source="checkpoint 'x.pt'")) == (
+    assert error_message(lambda: ck.load_state_dict_checked(model, state, source="checkpoint 'x.pt'")) == (
         "checkpoint 'x.pt' does not fit this model: shape mismatches (e.g. a different num_classes or backbone): "
         "0.weight: checkpoint (4, 2) vs model (3, 2) | 1 missing keys, e.g. ['1.bias'] | 1 unexpected keys, e.g. "
         "['2.weight']. Build the model the checkpoint was trained with (contextseg.load_model(path) does).")
     many = {f"{i}.{p}": v for i in range(6) for p, v in (("weight", torch.zeros(1)), ("bias", torch.zeros(1)))}
-    text = _message(lambda: ck.load_state_dict_checked(torch.nn.Linear(1, 1), many))
+    text = error_message(lambda: ck.load_state_dict_checked(torch.nn.Linear(1, 1), many))
     assert text.startswith("checkpoint does not fit this model: 2 missing keys, e.g. ['weight', 'bias'] | 12 "
                            "unexpected keys, e.g. ['0.weight', '0.bias', '1.weight']. ")
     good = {k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}
@@ -132,7 +127,7 @@ def test_model_args_and_model_from_checkpoint():
     assert ck.model_args({}) == {} and ck.model_args({"model_args": None}) == {}
     assert ck.model_args({"model_args": {"arch": "fcn"}}) == {"arch": "fcn", "align_corners": False}
     assert ck.model_args({"model_args": {"arch": "fcn", "align_corners": True}})["align_corners"] is True
-    assert _message(lambda: ck.model_from_checkpoint({"model": {}}, source="a.pt")) == (
+    assert error_message(lambda: ck.model_from_checkpoint({"model": {}}, source="a.pt")) == (
         "checkpoint 'a.pt' has no 'model_args'; build the model with create_model(...) and load ckpt['model'] "
         "into it")
     args = {"arch": "fcn", "backbone": "hrnetv2_w18_small_v1", "num_classes": 3}
@@ -154,22 +149,22 @@ def test_load_model_names_the_file_and_takes_the_device(tmp_path):
     model = ck.load_model(tmp_path / "ok.pt", device="meta")
     assert all(p.device.type == "meta" for p in model.parameters()) and not model.training
     ck.atomic_save({"model": state, "model_args": {**args, "num_classes": 4}}, tmp_path / "other.pt")
-    text = _message(lambda: ck.load_model(tmp_path / "other.pt"))
+    text = error_message(lambda: ck.load_model(tmp_path / "other.pt"))
     assert text.startswith(f"checkpoint {str(tmp_path / 'other.pt')!r} does not fit this model: shape mismatches")
 
 
 def test_mismatch_lists_are_cut_and_any_one_kind_is_enough():
     model = torch.nn.Sequential(*[torch.nn.Linear(1, 1, bias=False) for _ in range(6)])
     state = {k: torch.zeros(2, 2) for k in model.state_dict()}  # six shape mismatches: four are named
-    text = _message(lambda: ck.load_state_dict_checked(model, state))
+    text = error_message(lambda: ck.load_state_dict_checked(model, state))
     assert text.count("checkpoint (2, 2) vs model (1, 1)") == 4 and "3.weight: checkpoint" in text
     assert "0.weight: checkpoint (2, 2) vs model (1, 1); 1.weight" in text
     only_missing = {k: v for k, v in model.state_dict().items() if k not in ("2.weight", "3.weight", "4.weight",
                                                                             "5.weight")}
-    assert _message(lambda: ck.load_state_dict_checked(model, only_missing)) == (
+    assert error_message(lambda: ck.load_state_dict_checked(model, only_missing)) == (
         "checkpoint does not fit this model: 4 missing keys, e.g. ['2.weight', '3.weight', '4.weight']. Build the "
         "model the checkpoint was trained with (contextseg.load_model(path) does).")
-    assert _message(lambda: ck.model_from_checkpoint({"model": {}})).startswith(
+    assert error_message(lambda: ck.model_from_checkpoint({"model": {}})).startswith(
         "checkpoint 'checkpoint' has no 'model_args'")
 
 

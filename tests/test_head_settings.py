@@ -5,16 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from contextseg.errors import ContextSegError
+from catalogue import error_message
 from contextseg.models.heads import ASPPHead, ASPPLHead, LargeFOVHead, PSPHead
 from contextseg.models.heads.fcn import HRNetV2Head
 from contextseg.models.heads.ocr import OCRHead, SpatialOCR, bn_relu
 
-
-def _message(call):
-    with pytest.raises(ContextSegError) as err:
-        call()
-    return str(err.value)
 
 
 def _random_bn(module, seed=0):
@@ -64,7 +59,7 @@ def test_largefov_defaults_follow_deeplab_and_its_checks():
         assert isinstance(drop, nn.Dropout) and drop.p == 0.5
     assert LargeFOVHead([8], 5, dilation=4, channels=16).fc6[0].dilation == (4, 4)
     for bad in (0, 1.5, True):
-        assert _message(lambda: LargeFOVHead([8], 5, dilation=bad)) == (
+        assert error_message(lambda: LargeFOVHead([8], 5, dilation=bad)) == (
             f"LargeFOV dilation must be a positive integer, got {bad!r}; e.g. 12")
 
 
@@ -72,7 +67,7 @@ def test_largefov_defaults_follow_deeplab_and_its_checks():
                                               (ASPPLHead, "ASPP-L", "[6, 12, 18, 24]")])
 def test_aspp_rates_are_checked(cls, name, example):
     for bad in ([], [0], [6, 1.5], [True, 6]):
-        assert _message(lambda: cls([8], 3, rates=bad)) == (
+        assert error_message(lambda: cls([8], 3, rates=bad)) == (
             f"{name} rates must be positive integers, got {bad!r}; e.g. rates={example}")
     assert cls([8], 3, rates=[1, 2]).num_classes == 3
 
@@ -80,7 +75,7 @@ def test_aspp_rates_are_checked(cls, name, example):
 def test_global_pooling_heads_name_themselves_for_a_batch_of_one():
     x = [torch.randn(1, 8, 6, 6)]
     for head in (ASPPHead([8], 3, rates=[1, 2], channels=4), PSPHead([8], 3, bins=(1, 3, 6), channels=4)):
-        assert _message(lambda: head.train()(x)) == (
+        assert error_message(lambda: head.train()(x)) == (
             f"{type(head).__name__} has a global-pooling branch with BatchNorm, which cannot train on a batch of 1; "
             f"use batch_size >= 2 for training, or call model.eval() for inference")
         assert head.eval()(x)["out"].shape == (1, 3, 6, 6)

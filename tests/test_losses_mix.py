@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from catalogue import error_message
 from contextseg.config import load_config
 from contextseg.data.classification import LabelCutMix, build_label_mix
 from contextseg.data.mix import SCALE_JITTER, BatchMix, build_batch_mix, copy_paste, cutmix, cutmix_box, scale_jitter
@@ -519,11 +520,6 @@ def test_trainer_applies_batch_transform(tmp_path):
 # ----------------------------------------------------------------------------- mixes: edges and messages
 
 
-def _mix_message(call):
-    with pytest.raises(ContextSegError) as err:
-        call()
-    return str(err.value)
-
 
 def test_mixes_check_their_inputs_with_one_message_each():
     images, labels = torch.zeros(2, 3, 4, 6), torch.zeros(2, 4, 6, dtype=torch.long)
@@ -531,17 +527,17 @@ def test_mixes_check_their_inputs_with_one_message_each():
            (labels.float(), labels)]
     for im, lab in bad:
         for mix in (cutmix, copy_paste):
-            assert _mix_message(lambda: mix(im, lab)) == (
+            assert error_message(lambda: mix(im, lab)) == (
                 f"batch mixes take images (B, C, H, W) and labels (B, H, W) of the same B, H, W; got "
                 f"{tuple(im.shape)} and {tuple(lab.shape)}")
-    assert _mix_message(lambda: cutmix(images, labels, alpha=0)) == "cutmix alpha must be > 0, got 0"
-    assert _mix_message(lambda: copy_paste(images, labels, image_mode="bicubic")) == (
+    assert error_message(lambda: cutmix(images, labels, alpha=0)) == "cutmix alpha must be > 0, got 0"
+    assert error_message(lambda: copy_paste(images, labels, image_mode="bicubic")) == (
         "copy_paste image_mode is 'bilinear' or 'nearest', got 'bicubic'")
-    assert _mix_message(lambda: copy_paste(images, labels, object_prob=1.5)) == (
+    assert error_message(lambda: copy_paste(images, labels, object_prob=1.5)) == (
         "copy_paste object_prob is None or a probability in [0, 1], got 1.5")
     for p in (0.0, 1.0):
         copy_paste(images, labels, object_prob=p)
-    assert _mix_message(lambda: copy_paste(images, labels, scale_range=[0, 1])) == (
+    assert error_message(lambda: copy_paste(images, labels, scale_range=[0, 1])) == (
         "copy_paste scale_range must be [min, max] with 0 < min <= max, got [0, 1]")
     from contextseg.data.mix import _scale_range
     assert _scale_range([0.5, 1.5]) == (0.5, 1.5) and _scale_range("large") == (0.1, 2.0)
@@ -574,14 +570,14 @@ def test_mix_defaults_follow_the_papers():
 
 def test_batch_mix_settings_and_messages():
     assert BatchMix().mix == "cutmix" and BatchMix().p == 0.5
-    assert _mix_message(lambda: BatchMix("mixup")) == (
+    assert error_message(lambda: BatchMix("mixup")) == (
         "unknown batch mix 'mixup'; use one of none, cutmix, copy_paste (data.mix)")
-    assert _mix_message(lambda: BatchMix("cutmix", 1.5)) == (
+    assert error_message(lambda: BatchMix("cutmix", 1.5)) == (
         "batch mix probability must be in [0, 1], got 1.5 (data.mix_prob)")
     for name in ("images", "labels", "sigma"):
-        assert _mix_message(lambda: BatchMix("cutmix", **{name: 1})) == (
+        assert error_message(lambda: BatchMix("cutmix", **{name: 1})) == (
             f"cutmix has no argument(s) ['{name}'] (data.mix_kwargs); its arguments: alpha, box")
-    assert _mix_message(lambda: BatchMix("copy_paste", alpha=1)).endswith(
+    assert error_message(lambda: BatchMix("copy_paste", alpha=1)).endswith(
         "its arguments: classes, scale_range, flip, object_prob, destination, image_mode")
     assert BatchMix("copy_paste", ignore_index=7).kwargs["ignore_index"] == 7
     assert "ignore_index" not in BatchMix("cutmix", ignore_index=7).kwargs

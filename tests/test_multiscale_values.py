@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from catalogue import error_message
 from contextseg import ContextSegError, MultiScale
 from contextseg.models.multiscale import (
     HierarchicalAttention, ScaleAttention, _starts, configure_inference, hierarchical_weights, inference_spec,
@@ -56,11 +57,6 @@ def coords(h, w):
     return torch.stack([rows, cols, torch.zeros(h, w)])[None]
 
 
-def raises(exc, fn, *args, **kw):
-    with pytest.raises(exc) as info:
-        fn(*args, **kw)
-    return str(info.value)
-
 
 # -- sliding windows -------------------------------------------------------------------------
 
@@ -104,11 +100,11 @@ def test_sliding_window_messages():
     x = torch.zeros(1, 3, 4, 5)
     f = Bare()
     msg = "{} must be two positive integers (height, width), got {}"
-    assert raises(ContextSegError, sliding_window_inference, f, x, K, (0, 4)) == msg.format("window", "(0, 4)")
-    assert raises(ContextSegError, sliding_window_inference, f, x, K, (1, 2, 3)) == msg.format("window", "(1, 2, 3)")
-    assert raises(ContextSegError, sliding_window_inference, f, x, K, (4, 4), (2, 2.0)) == msg.format(
+    assert error_message(sliding_window_inference, f, x, K, (0, 4)) == msg.format("window", "(0, 4)")
+    assert error_message(sliding_window_inference, f, x, K, (1, 2, 3)) == msg.format("window", "(1, 2, 3)")
+    assert error_message(sliding_window_inference, f, x, K, (4, 4), (2, 2.0)) == msg.format(
         "stride", "(2, 2.0)")
-    assert raises(ContextSegError, sliding_window_inference, lambda c: torch.zeros(1, 2, 4, 5), x, 3, (4, 5)) == \
+    assert error_message(sliding_window_inference, lambda c: torch.zeros(1, 2, 4, 5), x, 3, (4, 5)) == \
         "sliding window: the model returned 2 channels, expected num_classes=3"
 
 
@@ -144,7 +140,8 @@ def test_resize_image_sizes_and_half_pixel_values():
 
 
 def test_hierarchical_weights_needs_an_alpha():
-    assert raises(ValueError, hierarchical_weights, []) == "hierarchical_weights needs at least one alpha map"
+    assert error_message(hierarchical_weights, [], exc=ValueError) == \
+        "hierarchical_weights needs at least one alpha map"
 
 
 def test_scale_attention_keeps_num_scales():
@@ -173,33 +170,33 @@ def test_inference_spec_of_a_plain_model():
 # -- MultiScale construction -----------------------------------------------------------------
 
 def test_multiscale_constructor_messages():
-    assert raises(ContextSegError, MultiScale, Pool(), merge="median") == \
+    assert error_message(MultiScale, Pool(), merge="median") == \
         "unknown multi-scale merge 'median'; use one of avg, max, attention, hierarchical"
-    assert raises(ContextSegError, MultiScale, MultiScale(Pool())) == \
+    assert error_message(MultiScale, MultiScale(Pool())) == \
         "the model is already a MultiScale wrapper; wrap its .model instead"
-    assert raises(ContextSegError, MultiScale, Bare(), merge="hierarchical") == (
+    assert error_message(MultiScale, Bare(), merge="hierarchical") == (
         "merge='hierarchical' needs the model's features: the model must accept return_feat=True and have a "
         "feat_channels attribute (contextseg models do), or pass feat_channels=...")
     for bad, shown in ((5, "5"), ((True, 0.5), "(True, 0.5)")):  # a bool is not the scale 1.0
-        assert raises(ContextSegError, MultiScale, Pool(), bad) == \
+        assert error_message(MultiScale, Pool(), bad) == \
             f"scales must be a list of positive numbers, e.g. [0.5, 1.0, 1.5], got {shown}"
     for bad in ([], (0, 1.0), (-1.0, 1.0), (1.0, 1.0), (0.5, math.inf)):
-        assert raises(ContextSegError, MultiScale, Pool(), bad) == \
+        assert error_message(MultiScale, Pool(), bad) == \
             f"scales must be distinct positive numbers, e.g. [0.5, 1.0, 1.5], got {bad!r}"
 
 
 def test_set_window_messages():
     msg = "{} must be two positive integers (height, width), got {}"
-    assert raises(ContextSegError, MultiScale, Pool(), stride=(4, 4)) == \
+    assert error_message(MultiScale, Pool(), stride=(4, 4)) == \
         "a sliding-window stride was given without a window; give the window too"
-    assert raises(ContextSegError, MultiScale, Pool(), (1.0,), "attention", window=(8, 8)) == (
+    assert error_message(MultiScale, Pool(), (1.0,), "attention", window=(8, 8)) == (
         "sliding windows are not available with merge='attention' (its attention net needs every scale's features "
         "of the whole image); use no window, or merge 'hierarchical', 'avg' or 'max'")
-    assert raises(ContextSegError, MultiScale, Pool(), window=(0, 8)) == msg.format("window", "(0, 8)")
-    assert raises(ContextSegError, MultiScale, Pool(), window=(8, 8), stride=(0, 4)) == msg.format("stride", "(0, 4)")
-    assert raises(ContextSegError, MultiScale, Pool(), window=(8, 8), stride=(9, 4)) == \
+    assert error_message(MultiScale, Pool(), window=(0, 8)) == msg.format("window", "(0, 8)")
+    assert error_message(MultiScale, Pool(), window=(8, 8), stride=(0, 4)) == msg.format("stride", "(0, 4)")
+    assert error_message(MultiScale, Pool(), window=(8, 8), stride=(9, 4)) == \
         "stride (9, 4) is larger than window (8, 8) and would skip pixels; use a stride <= the window"
-    assert raises(ContextSegError, MultiScale, Pool(), window=(8, 16), stride=(12, 4)).startswith("stride (12, 4)")
+    assert error_message(MultiScale, Pool(), window=(8, 16), stride=(12, 4)).startswith("stride (12, 4)")
 
 
 def test_window_stride_spec_repr_and_attributes():
@@ -232,7 +229,7 @@ def test_windows_only_in_eval_with_the_given_stride():
     assert torch.equal(ms.train()(x)["out"], x[:, :K])
     assert model.calls == [((16, 16), False)]
     bare = MultiScale(Bare(), (1.0,), window=(8, 8)).eval()
-    assert raises(ContextSegError, bare, x) == \
+    assert error_message(bare, x) == \
         "sliding windows need the model's num_classes attribute (contextseg models have it)"
 
 
@@ -337,7 +334,7 @@ def test_hierarchical_merge_is_the_nested_recurrence():
 def test_configure_inference_wraps_a_plain_model():
     model = Pool(classes=["a", "b"], palette=[[0, 0, 0], [9, 9, 9]])
     assert configure_inference(model) is model
-    assert raises(ContextSegError, configure_inference, model, merge="median") == \
+    assert error_message(configure_inference, model, merge="median") == \
         "unknown multi-scale merge 'median'; use one of avg, max, attention, hierarchical"
     cases = [(dict(scales=[1.0, 0.5]), ((0.5, 1.0), "avg", False, None, None)),
              (dict(flip=True), ((1.0,), "avg", True, None, None)),

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from catalogue import error_message
 from contextseg.cli import main
 from contextseg.data import LabelCutMix, build_dataset, default_data_root, write_image_folder
 from contextseg.errors import ContextSegError
@@ -260,29 +261,24 @@ def test_train_eval_predict_cli(tmp_path, capsys):
     assert "is for image classification" in capsys.readouterr().err
 
 
-def _message(call):
-    with pytest.raises(ContextSegError) as err:
-        call()
-    return str(err.value)
-
 
 def test_saol_loss_settings_are_checked_with_messages_that_name_the_fix():
     from contextseg.losses.saol import build_classification_loss
-    assert _message(lambda: SAOLLoss({"out": 1.0, "gap_ce": 1.0})) == (
+    assert error_message(lambda: SAOLLoss({"out": 1.0, "gap_ce": 1.0})) == (
         "loss.weights has ['gap_ce'], which the SAOL loss does not know (GAP-FC's CE is part of L_SD: its share is "
         "1 - loss.kwargs.beta); its terms: out, attention, spatial_logits, gap (e.g. {out: 1, attention: 1, "
         "spatial_logits: 1, gap: 1})")
-    assert _message(lambda: SAOLLoss({"aux": 1.0})) == (
+    assert error_message(lambda: SAOLLoss({"aux": 1.0})) == (
         "loss.weights has ['aux'], which the SAOL loss does not know; its terms: out, attention, spatial_logits, gap "
         "(e.g. {out: 1, attention: 1, spatial_logits: 1, gap: 1})")
     for weights in ({"out": -1.0}, {"out": "1"}):
-        assert _message(lambda: SAOLLoss(weights)) == f"loss.weights must be numbers >= 0, got {weights}"
+        assert error_message(lambda: SAOLLoss(weights)) == f"loss.weights must be numbers >= 0, got {weights}"
     assert SAOLLoss({"out": 1.0, "gap": 0}).weights == {"out": 1.0}  # a zero weight drops the term
     for temperature in (0, -1.0, "2"):
-        assert _message(lambda: SAOLLoss(temperature=temperature)) == (
+        assert error_message(lambda: SAOLLoss(temperature=temperature)) == (
             f"loss.kwargs.temperature must be > 0, got {temperature!r}")
     for beta in (-0.1, 1.5, "0.5"):
-        assert _message(lambda: SAOLLoss(beta=beta)) == f"loss.kwargs.beta must be in [0, 1], got {beta!r}"
+        assert error_message(lambda: SAOLLoss(beta=beta)) == f"loss.kwargs.beta must be in [0, 1], got {beta!r}"
     assert SAOLLoss(beta=0).beta == 0.0 and SAOLLoss(beta=1).beta == 1.0 and SAOLLoss(temperature=0.5)
     # the builder: "saol" by default with all four terms, "ce" = the CutMix CE alone, kwargs passed through
     assert build_classification_loss().weights == {"out": 1.0, "attention": 1.0, "spatial_logits": 1.0, "gap": 1.0}
@@ -290,23 +286,23 @@ def test_saol_loss_settings_are_checked_with_messages_that_name_the_fix():
     assert build_classification_loss("saol", {"out": 2.0, "gap": 1.0}).weights == {"out": 2.0, "gap": 1.0}
     built = build_classification_loss("saol", beta=0.25, temperature=3.0)
     assert (built.beta, built.temperature) == (0.25, 3.0)
-    assert _message(lambda: build_classification_loss("focal")) == (
+    assert error_message(lambda: build_classification_loss("focal")) == (
         "loss.name='focal' is not a classification loss; use saol or ce")
-    assert _message(lambda: build_classification_loss("saol", gamma=2)) == (
+    assert error_message(lambda: build_classification_loss("saol", gamma=2)) == (
         "loss.kwargs ['gamma'] are not options of the classification loss; it takes temperature, beta")
 
 
 def test_saol_loss_inputs_are_checked_with_messages():
     out = torch.zeros(3, 4)
-    assert _message(lambda: SAOLLoss()({"out": torch.zeros(3, 4, 2)}, torch.tensor([0, 1, 2]))) == (
+    assert error_message(lambda: SAOLLoss()({"out": torch.zeros(3, 4, 2)}, torch.tensor([0, 1, 2]))) == (
         "a classifier's 'out' is (B, K) logits, got (3, 4, 2); use a classification model (model.arch saol or gap)")
     for labels in (torch.tensor([0, 4, 1]), torch.tensor([-1, 0, 1])):
-        assert _message(lambda: SAOLLoss({"out": 1.0})({"out": out}, labels)) == (
+        assert error_message(lambda: SAOLLoss({"out": 1.0})({"out": out}, labels)) == (
             f"class labels must be in 0..3, got {labels.tolist()}")
     SAOLLoss({"out": 1.0})({"out": out}, torch.tensor([3, 0, 1]))  # K - 1 is a class
     for labels, got in ((torch.zeros(3, 1, dtype=torch.long), "torch.Size([3, 1])"),
                         (torch.zeros(2, dtype=torch.long), "torch.Size([2])"), ([0, 1, 2], "<class 'list'>")):
-        assert _message(lambda: SAOLLoss.targets(labels, 3, "cpu")) == (
+        assert error_message(lambda: SAOLLoss.targets(labels, 3, "cpu")) == (
             f"a classification loss takes (B,) class labels, got {got} for a batch of 3")
     t = SAOLLoss.targets(torch.tensor([2, 0, 1]), 3, "cpu")  # plain labels: unmixed CutMix targets
     assert sorted(t) == ["box", "index_b", "label", "label_b", "lam"]
@@ -316,7 +312,7 @@ def test_saol_loss_inputs_are_checked_with_messages():
                "attention": torch.zeros(2, 1, 2, 2)}
     mixed = {**SAOLLoss.targets(torch.tensor([0, 1]), 2, "cpu"), "lam": torch.tensor([0.5, 1.0]),
              "box": BOX.repeat(2, 1)}
-    assert _message(lambda: SAOLLoss()(outputs, mixed)) == (
+    assert error_message(lambda: SAOLLoss()(outputs, mixed)) == (
         "L_ss2 needs targets['source_logits'], the spatial logits of each CutMixed image's source (unmixed partner) "
         "image: wrap the CutMix in losses.saol.WithSourceLogits(mix, model), or set loss.weights.spatial_logits=0")
 

@@ -448,10 +448,8 @@ def configure_inference(
     if merge is not None and merge not in MERGES:
         raise ContextSegError(f"unknown multi-scale merge {merge!r}; use one of {', '.join(MERGES)}")
     if isinstance(model, MultiScale):
-        if window is None and stride is not None:  # a new stride for the wrapper's own window
-            window = model.window
-        elif window is None:  # the wrapper's own window and stride, as its flip, unless new ones are given
-            window, stride = model.window, model.stride
+        if window is None:  # the wrapper's own window (and stride, unless a new one is given), as its flip
+            window, stride = model.window, model.stride if stride is None else stride
         if merge is None or merge == model.merge:
             if scales is not None:
                 model.set_scales(scales)
