@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -95,8 +96,25 @@ def _ddp_worker(rank, world, port, out):
     try:
         run_tiny(out, 2, rank, world, stop_at=4)  # pause mid-epoch (6 batches per rank and epoch) ...
         run_tiny(out, 2, rank, world, resume=out / "last.pt")  # ... and resume: new trainers, as after a restart
+        (out / f"done{rank}").touch()  # every file this test reads is written by now
     finally:
         dist_utils.cleanup()
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown, where gloo once aborted (see spawn_workers)
+
+
+def spawn_workers(out, nprocs=2):
+    """Run ``_ddp_worker`` on ``nprocs`` processes. Once, in a CI run, rank 1 (not reproduced here in 45 runs, 25 of
+    them with both cores loaded) died of SIGABRT ("terminate called without an active exception": a C++
+    thread left joinable) after both ranks had finished training, while gloo tore down; that teardown is not
+    what this test checks. So an abort after every rank wrote its done marker is reported as a warning, and
+    any earlier failure still fails the test."""
+    try:
+        mp.spawn(_ddp_worker, args=(nprocs, free_port(), out), nprocs=nprocs, join=True)
+    except mp.ProcessExitedException as exc:
+        if not all((out / f"done{r}").exists() for r in range(nprocs)):
+            raise
+        warnings.warn(f"gloo teardown after a finished run: {exc}")
 
 
 def free_port():
@@ -123,7 +141,7 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
     differences are float summation order (~1e-7).
     """
     single = run_tiny(tmp_path / "single", 4)
-    mp.spawn(_ddp_worker, args=(2, free_port(), tmp_path / "ddp"), nprocs=2, join=True)
+    spawn_workers(tmp_path / "ddp")
     a, b = records(tmp_path / "single" / "metrics.jsonl", "train"), records(tmp_path / "ddp" / "metrics.jsonl", "train")
     assert [r["step"] for r in b] == list(range(1, 7))  # written once, by rank 0
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
