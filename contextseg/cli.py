@@ -191,6 +191,9 @@ def _parser() -> argparse.ArgumentParser:
     za.add_argument("--samples", type=int, default=4, help="validation images shipped with it (default 4; "
                                                           "classification: one per class)")
     za.add_argument("--half", choices=["auto", "yes", "no"], default="auto")
+    za.add_argument("--scales", type=float, nargs="+", metavar="S",
+                    help="serve the model at these input scales, e.g. 0.5 for a model trained on images read at half "
+                         "size (data.kwargs.image_scale=0.5); evaluate it with a full-size config")
 
     v = sub.add_parser("env", help="this machine as speed figures need it: CPU, instruction sets, threads, the "
                                    "precision amp=auto picks, inference backends, measured conv GFLOP/s")
@@ -240,13 +243,18 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", 2)
 
 
-def _config(args):
+def _config(args, evaluation: bool = False):
+    """The run's config: a YAML file or zoo:NAME (the zoo model's training config; for evaluation, with the
+    entry's ``eval_overrides``, e.g. images read at their own size for a model served at scale 0.5), then the
+    command line's overrides."""
     from .config import config_from_dict, load_config, parse_overrides
     from .engine.zoo import entry, is_zoo
 
-    if is_zoo(args.config):  # the zoo model's training config, then the overrides
-        values = entry(args.config)["config"]
-        for section, items in parse_overrides(args.overrides).items():
+    if is_zoo(args.config):
+        e = entry(args.config)
+        values = e["config"]
+        extra = e.get("eval_overrides", []) if evaluation else []
+        for section, items in parse_overrides([*extra, *args.overrides]).items():
             values[section] = {**values.get(section, {}), **items} if isinstance(items, dict) else items
         return config_from_dict(values)
     return load_config(args.config, args.overrides)
@@ -278,7 +286,7 @@ def _eval(args) -> int:
     given = args.checkpoint or []
     moved = [c for c in given if "=" in c and not os.path.exists(c)]
     args.overrides = [*args.overrides, *moved]
-    cfg = _config(args)
+    cfg = _config(args, evaluation=True)
     checkpoints = [c for c in given if c not in moved]
     if not checkpoints:
         if not args.config.startswith("zoo:"):
@@ -345,7 +353,7 @@ def _zoo(args) -> int:
         from .zoo_pack import add_to_zoo
 
         e = add_to_zoo(args.name, args.checkpoint, args.config, args.overrides, command=args.train_command,
-                       samples=args.samples, half=args.half)
+                       samples=args.samples, half=args.half, scales=args.scales)
         print(f"added {e['name']}: {e['headline']} ({e['dtype']}, {e['size_mb']} MB; float16 changes "
               f"{e['key_metric']} by {100 * e['float16_change']:+.3f} points); on its {e['samples']['root']}: "
               f"{e['samples']['metrics']}")

@@ -34,6 +34,7 @@ from .engine.env_report import environment
 from .engine.outputs import write_text
 from .engine.zoo import manifest, rounded_state, save_weights, zoo_checkpoint, zoo_dir
 from .errors import ContextSegError
+from .models import create_model
 from .tasks import task_for
 
 SAMPLE_DATASETS = {"segmentation": "folder", "saliency": "saliency_folder", "classification": "image_folder"}
@@ -93,11 +94,38 @@ def sample_config(entry: dict, root: Path):
     return config_from_dict(values)
 
 
+def served_at(ckpt: dict, scales) -> dict:
+    """``ckpt`` with its model wrapped to run at fixed input ``scales`` (``MultiScale``, average merge; logits back
+    at the input's size), e.g. ``[0.5]`` for a model trained on images read at half size: it then sees photos at
+    the scale it learnt, whatever size they come in."""
+    if "multiscale" in ckpt["model_args"]:
+        raise ContextSegError("this checkpoint already runs at several scales (model.kwargs.multiscale); "
+                              "drop --scales")
+    model = create_model(**ckpt["model_args"], multiscale={"scales": [float(s) for s in scales]})
+    model.model.load_state_dict(ckpt["model"])
+    return {**ckpt, "model": model.state_dict(), "model_args": dict(model.init_args)}
+
+
 def add_to_zoo(name: str, checkpoint: str, config: str, overrides=(), command: str | None = None, samples: int = 4,
-               half: str = "auto", root: Path | None = None) -> dict:
-    """Pack ``checkpoint`` (trained with ``config`` + ``overrides``) as zoo entry ``name``; returns the entry."""
+               half: str = "auto", root: Path | None = None, scales=None) -> dict:
+    """Pack ``checkpoint`` (trained with ``config`` + ``overrides``) as zoo entry ``name``; returns the entry.
+    ``scales``: serve the model at these input scales (``served_at``); it is then measured, and its samples taken,
+    on the validation images at their own size (``data.kwargs.image_scale`` of the training config dropped)."""
+    if not scales:
+        return _add(name, checkpoint, Path(checkpoint).parent, config, overrides, command, samples, half, root)
+    with tempfile.TemporaryDirectory() as tmp:
+        wrapped = Path(tmp) / Path(checkpoint).name
+        atomic_save(served_at(load_checkpoint(checkpoint), scales), wrapped)
+        return _add(name, str(wrapped), Path(checkpoint).parent, config, overrides, command, samples, half, root,
+                    full_size=True)
+
+
+def _add(name, checkpoint, run, config, overrides, command, samples, half, root, full_size=False) -> dict:
     root = Path(root or zoo_dir())
     cfg = load_config(config, [*overrides, "train.amp=none"])
+    rest = {k: v for k, v in cfg.data.kwargs.items() if k != "image_scale"}  # served at scale: full-size images
+    eval_overrides = [f"data.kwargs={json.dumps(rest)}"] if full_size and "image_scale" in cfg.data.kwargs else []
+    cfg = load_config(config, [*overrides, "train.amp=none", *eval_overrides])
     task = task_for(cfg)
     if task.name not in SAMPLE_DATASETS:
         raise ContextSegError(f"the zoo takes {', '.join(SAMPLE_DATASETS)} models, not {task.name}")
@@ -114,7 +142,6 @@ def add_to_zoo(name: str, checkpoint: str, config: str, overrides=(), command: s
     use_half = half == "yes" or (half == "auto" and abs(change) < HALF_TOLERANCE)
     dtype = "float16" if use_half else "float32"
     digest = save_weights(ckpt["model"], root / f"{name}.safetensors", use_half)
-    run = Path(checkpoint).parent
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     trained_cfg = ckpt.get("config") or cfg.to_dict()
     entry = {
@@ -126,7 +153,8 @@ def add_to_zoo(name: str, checkpoint: str, config: str, overrides=(), command: s
         "key_metric": key, "headline": headline(task, measured[dtype]),
         "metrics": measured[dtype], "float16_change": change,
         "evaluation": "whole val images, fp32 eager (contextseg eval CONFIG --checkpoint zoo:NAME train.amp=none "
-                      "--backend eager)",
+                      "--backend eager)" + (", images at their own size" if full_size else ""),
+        "eval_overrides": eval_overrides,  # what `contextseg eval zoo:NAME` adds to the training config
         "command": command or f"contextseg train {config} {' '.join(overrides)}".strip(),
         "config_file": str(config), "config": trained_cfg,
         "trained": {"steps": ckpt.get("step"), "train_seconds": summary.get("train_seconds"),

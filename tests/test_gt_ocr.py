@@ -62,3 +62,29 @@ def test_eval_reports_both_miou(tmp_path, capsys):
     assert report["oracle"]["mode"] == "full" and 0 <= report["oracle"]["mIoU"] <= 1 and "mIoU" in report
     assert main(["eval", "configs/synthetic_ocr.yaml", *common, "--checkpoint", str(tmp_path / "run" / "last.pt"),
                  "--oracle-regions", "--flip", "--no-progress"]) == 2  # the oracle evaluates the model as trained
+
+
+def test_oracle_reaches_the_head_through_a_served_at_scale_wrapper():
+    """A zoo model served at scale 0.5 (MultiScale around the OCR model): the oracle output is the plain model's
+    oracle output on the half-size image, brought back to full size; a flipped pass would misalign, so it refuses."""
+    import pytest
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    plain = create_model("ocr", backbone="hrnetv2_w18_small_v1", num_classes=3).eval()
+    served = create_model(**plain.init_args, multiscale={"scales": [0.5]}).eval()
+    served.model.load_state_dict(plain.state_dict())
+    x, labels = torch.rand(1, 3, 64, 64), torch.randint(0, 3, (1, 64, 64))
+    with torch.no_grad():
+        with oracle_regions(plain, labels):
+            small = plain(F.interpolate(x, size=(32, 32), mode="bilinear"))["out"]
+        with oracle_regions(served, labels):
+            got = served(x)["out"]
+        plain_out = served(x)["out"]
+    want = F.interpolate(small, size=(64, 64), mode="bilinear", align_corners=plain.init_args["align_corners"])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, plain_out, atol=1e-3)  # the oracle did change the output
+    served.flip = True
+    with pytest.raises(TypeError, match="OCR head"):
+        with oracle_regions(served, labels):
+            pass

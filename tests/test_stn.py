@@ -204,3 +204,28 @@ def test_train_eval_predict_cli_writes_the_stn_picture(tmp_path):
     assert row["stn"].endswith("00000_stn.png") and np.array(row["stn_theta"]).shape == (2, 3)
     assert picture.shape == (128, 256, 3)  # 32 x 32 enlarged 4 times, beside its transformed version
     assert stn_picture(np.zeros((32, 32, 3), np.uint8), np.zeros((16, 24, 3), np.uint8)).shape == (128, 128 + 192, 3)
+
+
+def test_localisation_net_trains_at_a_tenth_of_the_rate():
+    """lr_mult (0.1 by default): the STN's parameters get their own optimizer group at 0.1 x train.lr, the poly
+    schedule scales both groups alike; without an STN there is one group."""
+    from types import SimpleNamespace
+
+    from contextseg.engine.schedules import PolyLR
+    from contextseg.engine.trainer import build_optimizer
+
+    cfg = SimpleNamespace(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)
+    model = create_model("gap", backbone="cifar_resnet20", num_classes=10, stn=True)
+    opt = build_optimizer(model, cfg)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.01])
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in model.stn.parameters()}
+    sched = PolyLR(opt, total_iters=10, power=1.0)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.005])
+    assert len(build_optimizer(create_model("gap", backbone="cifar_resnet20", num_classes=10), cfg).param_groups) == 1
+    assert len(build_optimizer(create_model("gap", backbone="cifar_resnet20", num_classes=10,
+                                            stn={"lr_mult": 1.0}), cfg).param_groups) == 1
+    with pytest.raises(ContextSegError, match="lr_mult"):
+        create_model("gap", backbone="cifar_resnet20", num_classes=10, stn={"lr_mult": 0})

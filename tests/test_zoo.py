@@ -106,3 +106,28 @@ def test_export_and_bench_refuse_a_classifier_and_read_a_checkpoint_once(tmp_pat
     assert main(["bench", "zoo:synthetic-demo", "--size", "32", "32", "--repeats", "1", "--warmup", "0",
                  "--modes", "eager"]) == 0
     assert reads == ["zoo:synthetic-demo"]
+
+
+def test_served_at_runs_the_trained_weights_on_the_resized_input():
+    """zoo add --scales 0.5: the packed model = the trained one on the half-size image, logits back at full size."""
+    import torch
+    import torch.nn.functional as F
+
+    from contextseg.models import create_model
+    from contextseg.zoo_pack import served_at
+
+    torch.manual_seed(0)
+    plain = create_model("fcn", backbone="hrnetv2_w18_small_v1", num_classes=3).eval()
+    ckpt = {"model": plain.state_dict(), "model_args": dict(plain.init_args), "step": 7}
+    packed = served_at(ckpt, [0.5])
+    assert packed["step"] == 7 and packed["model_args"]["multiscale"]["scales"] == [0.5]
+    served = create_model(**packed["model_args"]).eval()
+    served.load_state_dict(packed["model"])
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        want = F.interpolate(plain(F.interpolate(x, size=(32, 48), mode="bilinear"))["out"], size=(64, 96),
+                             mode="bilinear", align_corners=plain.init_args["align_corners"])
+        got = served(x)["out"]
+    assert got.shape == (1, 3, 64, 96) and torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ContextSegError, match="drop --scales"):
+        served_at(packed, [0.5])

@@ -46,11 +46,25 @@ MAX_BAD_STEPS = 5  # non-finite losses in a row that stop a run
 _PRECISION_NAMES = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast + loss scaling"}
 
 
+def param_groups(model: torch.nn.Module, lr: float) -> list[dict]:
+    """The trainable parameters at ``lr``, except those of modules with an ``lr_mult`` attribute (e.g. a spatial
+    transformer's localisation net, 0.1), which get ``lr * lr_mult``; the plain group first (its rate is logged)."""
+    mult = {}
+    for module in model.modules():
+        if getattr(module, "lr_mult", 1.0) != 1.0:
+            mult.update({id(p): float(module.lr_mult) for p in module.parameters()})
+    groups: dict[float, list] = {1.0: []}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault(mult.get(id(p), 1.0), []).append(p)
+    return [{"params": ps, "lr": lr * m} for m, ps in groups.items() if ps or m == 1.0]
+
+
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups = param_groups(model, cfg.lr)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 class Trainer:

@@ -24,7 +24,7 @@ from ..errors import ContextSegError
 from ..losses import build_loss_for
 from ..metrics import format_table
 from ..models.ensemble import Ensemble
-from ..models.heads.ocr import OCRHead, oracle_regions
+from ..models.heads.ocr import ocr_head, oracle_regions
 from ..models.multiscale import configure_inference, inference_spec
 from ..registry import CLASSIFIERS
 from .base import Setup, Task, loadable_samples, require_val_set
@@ -118,7 +118,7 @@ class SegmentationTask(Task):
         if skip_bad:
             report["skipped"] = skipped
         if oracle:
-            if not isinstance(getattr(model, "head", None), OCRHead):
+            if ocr_head(model) is None:
                 raise ContextSegError(f"--oracle-regions replaces the OCR head's object regions; {checkpoints[0]!r} "
                                       f"has no OCR head (model.arch=ocr)")
             gt = evaluate_with_oracle(model, loader, val_set, runtime, oracle)

@@ -170,12 +170,22 @@ def label_onehot(labels: Tensor, num_classes: int, size) -> Tensor:
     return F.one_hot(small, num_classes + 1).permute(0, 3, 1, 2).float()
 
 
+def ocr_head(model: nn.Module) -> OCRHead | None:
+    """``model``'s OCR head, also through a ``MultiScale`` wrapper whose passes all see the image as it is (no flip,
+    no sliding windows: the labels, resized to each pass's feature map, then cover the same pixels); else None."""
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(model, "scales") and not model.flip and model.window is None:
+        model = inner
+    head = getattr(model, "head", None)
+    return head if isinstance(head, OCRHead) else None
+
+
 @contextmanager
 def oracle_regions(model: nn.Module, labels: Tensor, mode: str = "regions"):
     """GT-OCR for the forward passes inside the block: ``model``'s OCR head uses ``labels`` (B, H, W) as its object
     regions ("regions") or as regions and pixel-region relations ("full")."""
-    head = getattr(model, "head", None)
-    if not isinstance(head, OCRHead):
+    head = ocr_head(model)
+    if head is None:
         raise TypeError("oracle regions need a model with an OCR head")
     if mode not in ("regions", "full"):
         raise ValueError(f"oracle mode must be 'regions' or 'full', got {mode!r}")
