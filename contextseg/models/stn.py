@@ -59,7 +59,7 @@ class SpatialTransformer(nn.Module):
         pool_size: the conv features are average-pooled to pool_size x pool_size before the FC layers (4).
         output_size: (H_o, W_o) of the sampled output, e.g. a fixed glimpse for "crop"; None: the input's size.
         lr_mult: the localisation net's learning rate as a multiple of the run's (0.1). Measured: at the run's full
-            rate (CIFAR-10, SGD 0.1) its ReLUs all died by step 500 and the transform collapsed by step 1500 (top-1
+            rate (CIFAR-10, SGD 0.1) its ReLUs all died by step 500 and the model collapsed by step 1500 (top-1
             10%); a tenth of the rate is the usual remedy (theta moves the whole image).
     """
 
