@@ -131,3 +131,18 @@ def test_served_at_runs_the_trained_weights_on_the_resized_input():
     assert got.shape == (1, 3, 64, 96) and torch.allclose(got, want, atol=1e-5)
     with pytest.raises(ContextSegError, match="drop --scales"):
         served_at(packed, [0.5])
+
+
+def test_zoo_eval_reads_a_served_at_scale_model_images_at_their_own_size():
+    """camvid-ocr was trained on CamVid read at half size and is served at scale 0.5: `eval zoo:camvid-ocr` reads
+    the val images at full size (its eval_overrides), `train zoo:camvid-ocr` keeps the exact training config."""
+    from argparse import Namespace
+
+    from contextseg.cli import _config
+
+    e = MODELS["camvid-ocr"]
+    assert e["model_args"]["multiscale"]["scales"] == [0.5] and e["eval_overrides"] == ["data.kwargs={}"]
+    args = Namespace(config="zoo:camvid-ocr", overrides=["data.batch_size=2"])
+    assert _config(args, evaluation=True).data.kwargs == {}
+    trained = _config(args)
+    assert trained.data.kwargs == {"image_scale": 0.5} and trained.data.batch_size == 2
