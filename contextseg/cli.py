@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     za.add_argument("--half", choices=["auto", "yes", "no"], default="auto")
     za.add_argument("--scales", type=float, nargs="+", metavar="S",
                     help="serve the model at these input scales, e.g. 0.5 for a model trained on images read at half "
-                         "size (data.kwargs.image_scale=0.5); evaluate it with a full-size config")
+                         "size (data.kwargs.image_scale=0.5); it is measured on the images at their own size")
 
     v = sub.add_parser("env", help="this machine as speed figures need it: CPU, instruction sets, threads, the "
                                    "precision amp=auto picks, inference backends, measured conv GFLOP/s")

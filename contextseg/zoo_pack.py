@@ -125,7 +125,8 @@ def _add(name, checkpoint, run, config, overrides, command, samples, half, root,
     cfg = load_config(config, [*overrides, "train.amp=none"])
     rest = {k: v for k, v in cfg.data.kwargs.items() if k != "image_scale"}  # served at scale: full-size images
     eval_overrides = [f"data.kwargs={json.dumps(rest)}"] if full_size and "image_scale" in cfg.data.kwargs else []
-    cfg = load_config(config, [*overrides, "train.amp=none", *eval_overrides])
+    if eval_overrides:
+        cfg = load_config(config, [*overrides, "train.amp=none", *eval_overrides])
     task = task_for(cfg)
     if task.name not in SAMPLE_DATASETS:
         raise ContextSegError(f"the zoo takes {', '.join(SAMPLE_DATASETS)} models, not {task.name}")
