@@ -71,8 +71,9 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path, key_metric: str = 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     if train:
         steps = [r["step"] for r in train]
-        axes[0].plot(steps, [r["loss"] for r in train], lw=1)
-        axes[0].set(title="training loss", xlabel="step", yscale="log")
+        losses = [r["loss"] for r in train]
+        axes[0].plot(steps, losses, lw=1)  # log scale unless a loss can be <= 0 (SSNet's saliency NLL is in [-1, 0])
+        axes[0].set(title="training loss", xlabel="step", yscale="log" if min(losses) > 0 else "linear")
         axes[1].plot(steps, [r["lr"] for r in train], lw=1)
         axes[1].set(title="learning rate", xlabel="step")
     if val:

@@ -278,3 +278,49 @@ def test_stn_suite_is_the_shipped_configs():
     assert compare.BASELINE["stn"] == "gap" and runs["gap"].overrides == []
     heads = {e.name: e for e in compare.suite_experiments("heads", compare.load_config(compare.CAMVID_BASE))}
     assert heads["segtr"].overrides == ["model.arch=segtr"] and not heads["segtr"].default
+
+
+def test_ssnet_claim_end_to_end(tmp_path):
+    """benchmarks/ssnet_claim.py on generated data, two seeds: both stage-1 arms (the ablation without a saliency
+    set), their pseudo labels from last.pt, stage 2 on each seed's own labels, the three claims' tables; a second
+    call skips every finished step."""
+    from contextseg.data import write_synthetic_weak
+
+    ssnet_claim = _load("ssnet_claim")
+    roots = write_synthetic_weak(tmp_path / "data", n_train=4, n_val=1, n_saliency=4, size=(32, 48))
+    stage1 = ROOT / "configs" / "weak" / "ssnet_synthetic.yaml"
+    stage2 = tmp_path / "stage2.yaml"
+    stage2.write_text(stage1.read_text().replace("kwargs: {sam_grid: 2}", "kwargs: {sam_grid: 2, seg_head: aspp_l, "
+                                                 "cls_head: fc}")
+                      .replace("weights: {cls: 1.0, saliency: 1.0}", "weights: {cls: 1.0, saliency: 1.0, seg: 1.0}"))
+    data = (f"data.kwargs={{segmentation: {{dataset: folder, root: {roots['segmentation']}}}, "
+            f"saliency: {{dataset: saliency_folder, root: {roots['saliency']}, val_every: 4}}}}")
+    argv = ["--stage1", str(stage1), "--stage2", str(stage2), "--seeds", "0", "1", data, "data.crop_size=[32,48]",
+            "data.batch_size=2", "train.iters=2", "train.eval_interval=2", "--runs-root", str(tmp_path / "runs"),
+            "--results-dir", str(tmp_path / "results"), "--no-progress"]
+    assert ssnet_claim.main(argv) == 0
+    report = json.loads((tmp_path / "results" / "ssnet_claim.json").read_text())
+    rows = {r["run"]: r for r in report["rows"]}
+    assert set(rows) == {"stage1", "stage1@seed1", "stage1_no_sal", "stage1_no_sal@seed1", "stage2", "stage2@seed1"}
+    runs = tmp_path / "runs" / "ssnet"
+    for key in ("stage1", "stage1_no_sal@seed1"):
+        labels = json.loads((runs / key / "pseudo_labels" / "pseudo_labels.json").read_text())
+        assert labels["complete"] and labels["checkpoint"] == str(runs / key / "last.pt")
+        assert rows[key]["pseudo_mIoU"] == pytest.approx(labels["mIoU"])
+    no_sal = compare.load_config(runs / "stage1_no_sal" / "config.yaml")
+    assert no_sal.data.kwargs["saliency"] is None and no_sal.loss.weights == {"cls": 1.0, "saliency": 0.0}
+    assert rows["stage1_no_sal"]["sal_max_f"] is None and rows["stage1"]["sal_max_f"] is not None
+    stage2_cfg = compare.load_config(runs / "stage2@seed1" / "config.yaml")
+    assert stage2_cfg.data.kwargs["pseudo_labels"] == str(runs / "stage1@seed1" / "pseudo_labels")
+    assert stage2_cfg.seed == 1 and stage2_cfg.model.kwargs["seg_head"] == "aspp_l"
+    claims = report["claims"]
+    assert [g["name"] for g in claims["pseudo_labels"]] == ["stage1_no_sal", "stage1"]
+    assert [g["name"] for g in claims["stage2_vs_stage1"]] == ["stage1", "stage2"]
+    assert all(g["n"] == 2 for g in claims["from_image_labels"])
+    mean = (rows["stage2"]["value"] + rows["stage2@seed1"]["value"]) / 2
+    assert claims["stage2_vs_stage1"][1]["mean"] == pytest.approx(mean)
+    md = (tmp_path / "results" / "ssnet_claim.md").read_text()
+    assert "## 1. Pseudo labels" in md and "verdict vs stage1_no_sal" in md
+    before = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
+    assert ssnet_claim.main(argv) == 0  # everything done: nothing trained or written again
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == before

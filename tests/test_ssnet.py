@@ -15,7 +15,8 @@ from PIL import Image
 from contextseg.cli import main
 from contextseg.config import load_config
 from contextseg.data import build_dataset, write_synthetic_weak
-from contextseg.data.weak import ClassLayout, derive_image_labels, load_image_labels, save_image_labels
+from contextseg.data.weak import (ClassLayout, derive_image_labels, load_image_labels, save_image_labels,
+                                  unpair)
 from contextseg.engine.checkpoint import load_checkpoint
 from contextseg.tasks.weak.pseudo_labels import channels_to_classes, pseudo_label, write_pseudo_labels
 from contextseg.errors import ContextSegError
@@ -278,6 +279,25 @@ def test_stage1_cli_trains_and_evaluates(stage1, tmp_path, capsys):
     assert "weak_saliency" in capsys.readouterr().err
     assert main(["train", CFG, kwargs(roots), *small(tmp_path / "z"), "loss.kwargs={gamma: 2}", "--no-progress"]) == 2
     assert "saliency: nll | bce" in capsys.readouterr().err
+
+
+def test_stage1_without_saliency_trains_on_image_labels_alone(tmp_path, capsys):
+    """data.kwargs.saliency: null (the claim's ablation): no saliency images in the batch (B rows, not 2B), no saliency
+    term or metrics; a saliency weight left on is refused with the fix."""
+    roots = write_synthetic_weak(tmp_path / "data", n_train=4, n_val=1, n_saliency=4, size=(32, 48))
+    seg_only = f"data.kwargs={{segmentation: {{dataset: folder, root: {roots['segmentation']}}}, saliency: null}}"
+    out = tmp_path / "seg_only"
+    assert unpair(torch.zeros(2, 1, 3, 8, 8), {})[0].shape == (2, 3, 8, 8)
+    assert main(["train", CFG, seg_only, *small(out), "loss.weights={cls: 1.0, saliency: 0.0}", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "mIoU" in summary["final"] and not any(k.startswith("sal_") for k in summary["final"])
+    train_log = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert "loss_cls" in train_log and "loss_saliency" not in train_log
+    capsys.readouterr()
+    assert main(["train", CFG, seg_only, *small(tmp_path / "refused"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "loss.weights={cls: 1.0, saliency: 0.0}" in err[0]
+    assert not (tmp_path / "refused" / "last.pt").exists()
 
 
 def test_pseudo_labels_and_both_stage2_routes(stage1, tmp_path):

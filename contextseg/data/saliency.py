@@ -22,12 +22,14 @@ from .datasets import PairedSegmentation, default_data_root, pair_files, read_ma
 
 
 class SaliencyFolder(PairedSegmentation):
-    """root/{images}/x.jpg + root/{masks}/x.png (or root/{split}/{images}, root/{split}/{masks}), binary masks."""
+    """root/{images}/x.jpg + root/{masks}/x.png (or root/{split}/{images}, root/{split}/{masks}), binary masks;
+    ``image_scale`` as PairedSegmentation's (e.g. 0.5: every pair read at half size)."""
 
     task = "saliency"
 
     def __init__(self, root: str | os.PathLike | None = None, split: str | None = None, images: str = "images",
-                 masks: str = "masks", val_every: int = 6, transform: Callable | None = None, name: str = "saliency"):
+                 masks: str = "masks", val_every: int = 6, transform: Callable | None = None, name: str = "saliency",
+                 image_scale: float = 1.0):
         if root is None:
             raise ContextSegError(f"the {name!r} dataset needs a root: data.root=/path holding {images}/ and {masks}/")
         root = Path(root).expanduser()
@@ -47,7 +49,8 @@ class SaliencyFolder(PairedSegmentation):
                 keep = [(i % val_every == val_every - 1) == (split == "val") for i in range(len(files))]
                 files = [f for f, k in zip(files, keep) if k]
                 masks_ = [m for m, k in zip(masks_, keep) if k]
-        super().__init__(files, masks_, ["background", "salient"], [(0, 0, 0), (255, 255, 255)], transform)
+        super().__init__(files, masks_, ["background", "salient"], [(0, 0, 0), (255, 255, 255)], transform,
+                         image_scale=image_scale)
         self.root, self.split = root, split
 
     def load_label(self, i: int, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -9,7 +9,8 @@ image-level labels, a saliency set with masks, and the pseudo-label folders of s
   drawn at random (seeded per sample by the trainer), both cut to the training crop:
   (images (2, 3, H, W), {"labels": (C,) float, "mask": (H, W) saliency {0, 1, 255}, ["pseudo": (H, W) channels]}).
   ``unpair`` turns a batch into (2B, 3, H, W): B segmentation images, then B saliency images (one forward pass; the
-  official code runs one batch of each per step and sums the two losses, as we do).
+  official code runs one batch of each per step and sums the two losses, as we do). ``data.kwargs.saliency: null``
+  leaves the saliency set out (the ablation "stage 1 without saliency": image labels alone; samples (1, 3, H, W)).
 - Channels: SSNet predicts C + 1 maps, channel 0 background. A dataset without a background class (CamVid) has
   C = K classes, channel c = class c - 1, and background maps to 255 (ignore); ``background_class=b`` names a
   dataset class that is background (VOC's 0): it takes channel 0 and the other K - 1 classes follow in order.
@@ -165,13 +166,14 @@ class WeakImages(Dataset):
 
 
 class JointWeakSaliency(Dataset):
-    """Stage-1/2 training pairs (see the module docstring); length = the segmentation set's."""
+    """Stage-1/2 training pairs (see the module docstring); length = the segmentation set's. ``saliency`` None: the
+    segmentation images alone, (1, 3, H, W) and no "mask"."""
 
     task = "weak_saliency"
     ignore_index = IGNORE
 
-    def __init__(self, weak: WeakImages, saliency):
-        if len(saliency) == 0:
+    def __init__(self, weak: WeakImages, saliency=None):
+        if saliency is not None and len(saliency) == 0:
             raise ContextSegError("the saliency training set is empty")
         self.weak, self.saliency = weak, saliency
         self.classes, self.palette = weak.layout.names, weak.layout.palette
@@ -182,6 +184,8 @@ class JointWeakSaliency(Dataset):
 
     def __getitem__(self, i: int):
         image, target = self.weak[i]
+        if self.saliency is None:
+            return image[None], target
         sal_image, mask = self.saliency[int(torch.randint(len(self.saliency), ()))]
         if sal_image.shape != image.shape:
             raise ContextSegError(f"a segmentation image came out as {tuple(image.shape)} and a saliency image as "
@@ -190,8 +194,9 @@ class JointWeakSaliency(Dataset):
 
 
 def unpair(images: torch.Tensor, targets):
-    """Batch transform: (B, 2, 3, H, W) -> (2B, 3, H, W), the B segmentation images first."""
-    return torch.cat([images[:, 0], images[:, 1]]), targets
+    """Batch transform: (B, 2, 3, H, W) -> (2B, 3, H, W), the B segmentation images first ((B, 1, 3, H, W) ->
+    (B, 3, H, W) without a saliency set)."""
+    return torch.cat(images.unbind(1)), targets
 
 
 def pseudo_masks(folder, dataset) -> list[Path]:
@@ -211,11 +216,12 @@ def pseudo_masks(folder, dataset) -> list[Path]:
 @dataclass
 class WeakSpec:
     """data.kwargs of a "weak_saliency" config: segmentation / saliency = {dataset: NAME, root: ..., other dataset
-    options} (saliency also train_split / val_split, default train / val), image_labels (JSON path), min_fraction,
-    background_class, pseudo_labels (a folder: stage 2 adds the pseudo-label CE)."""
+    options} (saliency also train_split / val_split, default train / val; ``saliency: null``: no saliency set, image
+    labels alone), image_labels (JSON path), min_fraction, background_class, pseudo_labels (a folder: stage 2 adds
+    the pseudo-label CE)."""
 
     segmentation: dict = field(default_factory=dict)
-    saliency: dict = field(default_factory=dict)
+    saliency: dict | None = field(default_factory=dict)
     image_labels: str | None = None
     min_fraction: float = 0.005
     background_class: int | None = None
@@ -231,10 +237,16 @@ class WeakSpec:
         spec = cls(**kwargs)
         for name in ("segmentation", "saliency"):
             part = getattr(spec, name)
+            if name == "saliency" and part is None:
+                continue
             if not isinstance(part, dict) or "dataset" not in part:
-                raise ContextSegError(f"data.kwargs.{name} must be a mapping with a dataset name, e.g. "
-                                      f"{{dataset: {'camvid' if name == 'segmentation' else 'ecssd'}}}")
+                hint = "{dataset: camvid}" if name == "segmentation" else "{dataset: ecssd}, or null for none"
+                raise ContextSegError(f"data.kwargs.{name} must be a mapping with a dataset name, e.g. {hint}")
         return spec
+
+    @property
+    def has_saliency(self) -> bool:
+        return self.saliency is not None
 
     def segmentation_set(self, split: str, transform=None):
         opts = dict(self.segmentation)
@@ -242,6 +254,8 @@ class WeakSpec:
 
     def saliency_set(self, which: str, transform=None):
         """which: "train" or "val" (mapped through the saliency train_split / val_split options)."""
+        if self.saliency is None:
+            raise ContextSegError("data.kwargs.saliency is null: this config has no saliency set")
         opts = dict(self.saliency)
         splits = {"train": opts.pop("train_split", "train"), "val": opts.pop("val_split", "val")}
         ds = build_dataset(opts.pop("dataset"), splits[which], root=opts.pop("root", None), transform=transform, **opts)
@@ -261,7 +275,7 @@ def build_joint(spec: WeakSpec, split: str = "train", transform=None, progress: 
     seg = spec.segmentation_set(split)
     labels = image_labels_for(seg, spec.image_labels or labels_path, spec.min_fraction, progress)
     weak = WeakImages(seg, labels, spec.layout(seg), transform, spec.pseudo_labels)
-    return JointWeakSaliency(weak, spec.saliency_set("train", transform))
+    return JointWeakSaliency(weak, spec.saliency_set("train", transform) if spec.has_saliency else None)
 
 
 def weak_saliency(split: str = "train", root=None, transform=None, **kwargs):
