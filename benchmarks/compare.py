@@ -8,6 +8,8 @@ One resumable command per claim (run it again after a kill, or with more --seeds
     .venv/bin/python benchmarks/compare.py saol   --seeds 0 1        # CIFAR-10 ResNet-20, the config's 7000 its
     .venv/bin/python benchmarks/compare.py pfa    --seeds 0 1        # ECSSD PFA VGG-16, the config's 1000 its
     .venv/bin/python benchmarks/compare.py stn    --seeds 0 1        # distorted CIFAR-10, GAP-FC with / without STN
+    .venv/bin/python benchmarks/ssnet_claim.py --seeds 0 1  # SSNet's chain (stage 1 -> pseudo labels -> stage 2): its
+                                                            # own script, built on this one
     .venv/bin/python benchmarks/compare.py heads --list                     # the runs and their commands
     .venv/bin/python benchmarks/compare.py heads --base CFG --only fcn,ocr  # a subset ("--all" adds the optional ones)
 
