@@ -461,6 +461,24 @@ def verdict(values: list[float], base_values: list[float]) -> str:
     return f"undecided (|d| {100 * abs(d):.2f} within the seed spread {100 * noise:.2f})"
 
 
+def difference_ci(values: list[float], base_values: list[float], level: float = 0.95) -> dict | None:
+    """The difference of the means (experiment - baseline) with its Welch confidence interval and two-sided p-value
+    (unequal variances); None with fewer than two seeds in either arm. Reported beside the verdict, not instead of
+    it: with 2-4 seeds the t interval is wide, and seeds are not a random sample of training noise in every sense."""
+    from scipy import stats
+
+    if len(values) < 2 or len(base_values) < 2:
+        return None
+    va, vb = statistics.variance(values) / len(values), statistics.variance(base_values) / len(base_values)
+    d = statistics.mean(values) - statistics.mean(base_values)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return {"d": d, "lo": d, "hi": d, "p": 0.0 if d else 1.0, "df": None}
+    df = (va + vb) ** 2 / (va ** 2 / (len(values) - 1) + vb ** 2 / (len(base_values) - 1))
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    return {"d": d, "lo": d - half, "hi": d + half, "p": float(2 * stats.t.sf(abs(d) / se, df)), "df": df}
+
+
 def _curve_cell(runs: list[dict]) -> str:
     """"flat" when every run's curve is; else each run's state that is not, with its change in points."""
     known = [r for r in runs if r.get("curve_change") is not None]
@@ -496,7 +514,8 @@ def aggregate(rows: list[dict], order: list[str], baseline: str, key: str) -> li
                     "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
                     "min": min(values), "max": max(values),
                     "s_per_iter": statistics.mean(times) if times else None,
-                    "curve": _curve_cell(runs), "verdict": judged})
+                    "curve": _curve_cell(runs), "verdict": judged,
+                    "difference": None if name == baseline else difference_ci(values, base_values)})
     return out
 
 
@@ -549,15 +568,22 @@ def _pct2(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
+def _difference_cell(diff: dict | None) -> str:
+    if diff is None:
+        return "-"
+    return f"{100 * diff['d']:+.2f} [{100 * diff['lo']:+.2f}, {100 * diff['hi']:+.2f}], p {diff['p']:.3f}"
+
+
 def aggregate_markdown(aggregates: list[dict], key: str, baseline: str) -> list[str]:
     head = ["experiment", "n", "seeds", f"**mean {key}**", "min..max", "std", "s/it", "curve",
-            f"verdict vs {baseline}"]
+            f"d vs {baseline} [95% CI], Welch p", f"verdict vs {baseline}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in aggregates:
         seeds = ", ".join("?" if x is None else str(x) for x in g["seeds"])  # "?": a row from before seeds
         cells = [g["name"], str(g["n"]), seeds, f"**{_pct2(g['mean'])}**", f"{_pct2(g['min'])}..{_pct2(g['max'])}",
                  _pct2(g["std"]),
-                 "-" if g["s_per_iter"] is None else f"{g['s_per_iter']:.2f}", g["curve"], g["verdict"]]
+                 "-" if g["s_per_iter"] is None else f"{g['s_per_iter']:.2f}", g["curve"],
+                 _difference_cell(g.get("difference")), g["verdict"]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")  # the verdict's |d|
     return lines
 

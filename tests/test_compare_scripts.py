@@ -204,7 +204,22 @@ def test_aggregate_over_seeds_with_verdicts():
     assert ocr["verdict"] == "better by 10.00 (holds)" and ocr["curve"] == "seed 0 still rising (+5.0)"
     assert compare.aggregate(rows[2:4], ["fcn", "ocr"], "fcn", "mIoU")[0]["verdict"] == "- (no fcn run)"
     md = "\n".join(compare.aggregate_markdown(list(agg.values()), "mIoU", "fcn"))
-    assert "| ocr | 2 | 0, 1 | **51.00** | 50.00..52.00 | 1.41 | - | seed 0 still rising (+5.0) | better by" in md
+    assert ("| ocr | 2 | 0, 1 | **51.00** | 50.00..52.00 | 1.41 | - | seed 0 still rising (+5.0) | +10.00 [+3.92, "
+            "+16.08], p 0.019 | better by") in md
+    assert fcn["difference"] is None and psp["difference"] is None
+
+
+def test_difference_ci_is_welch():
+    """d = 10 points, each arm's variance 2e-4 over 2 seeds: se 0.01414, Welch df 2, t(0.975, 2) = 4.303."""
+    diff = compare.difference_ci([0.50, 0.52], [0.40, 0.42])
+    assert diff["d"] == pytest.approx(0.10) and diff["df"] == pytest.approx(2.0)
+    assert (diff["lo"], diff["hi"]) == (pytest.approx(0.10 - 4.3027 * 0.014142, abs=1e-4),
+                                        pytest.approx(0.10 + 4.3027 * 0.014142, abs=1e-4))
+    assert diff["p"] == pytest.approx(0.0194, abs=5e-4)
+    unequal = compare.difference_ci([0.50, 0.52, 0.60], [0.40, 0.41])  # unequal n and variances: Welch's df
+    va, vb = 0.0028 / 3, 0.00005 / 2
+    assert unequal["df"] == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 1))
+    assert compare.difference_ci([0.5], [0.4, 0.41]) is None
 
 
 def test_saol_and_pfa_suites_load_as_configs():
