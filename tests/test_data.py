@@ -156,6 +156,9 @@ def test_image_scale_reads_pairs_at_the_reduced_size(tmp_path):
     assert x.shape == (3, 12, 16) and y.shape == (12, 16) and set(y.unique().tolist()) == {0, 1}
     with pytest.raises(ContextSegError, match="image_scale"):
         FolderDataset(tmp_path, ["bg", "fg"], image_scale=0)
+    Image.fromarray(mask * 255).save(tmp_path / "masks" / "a.png")  # a saliency mask (255 = salient)
+    im, lab = build_dataset("saliency_folder", None, root=tmp_path, image_scale=0.5).raw(0)  # ECSSD's class
+    assert im.shape == (3, 4, 3) and lab.tolist() == [[0, 0, 1, 1]] * 3
 
 
 def test_folder_dataset_label_map_ignore_and_colour_masks(tmp_path):
