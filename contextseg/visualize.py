@@ -71,9 +71,10 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path, key_metric: str = 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     if train:
         steps = [r["step"] for r in train]
-        losses = [r["loss"] for r in train]
-        axes[0].plot(steps, losses, lw=1)  # log scale unless a loss can be <= 0 (SSNet's saliency NLL is in [-1, 0])
-        axes[0].set(title="training loss", xlabel="step", yscale="log" if min(losses) > 0 else "linear")
+        losses = [r["loss"] for r in train]  # None where a step's loss was not finite
+        axes[0].plot(steps, [float("nan") if v is None else v for v in losses], lw=1)
+        logged = [v for v in losses if v is not None]  # log scale unless a loss is <= 0 (SSNet's NLL is in [-1, 0])
+        axes[0].set(title="training loss", xlabel="step", yscale="log" if logged and min(logged) > 0 else "linear")
         axes[1].plot(steps, [r["lr"] for r in train], lw=1)
         axes[1].set(title="learning rate", xlabel="step")
     if val:
