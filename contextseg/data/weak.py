@@ -244,18 +244,15 @@ class WeakSpec:
                 raise ContextSegError(f"data.kwargs.{name} must be a mapping with a dataset name, e.g. {hint}")
         return spec
 
-    @property
-    def has_saliency(self) -> bool:
-        return self.saliency is not None
-
     def segmentation_set(self, split: str, transform=None):
         opts = dict(self.segmentation)
         return build_dataset(opts.pop("dataset"), split, root=opts.pop("root", None), transform=transform, **opts)
 
     def saliency_set(self, which: str, transform=None):
-        """which: "train" or "val" (mapped through the saliency train_split / val_split options)."""
+        """which: "train" or "val" (mapped through the saliency train_split / val_split options); None when the config
+        has no saliency set (``saliency: null``)."""
         if self.saliency is None:
-            raise ContextSegError("data.kwargs.saliency is null: this config has no saliency set")
+            return None
         opts = dict(self.saliency)
         splits = {"train": opts.pop("train_split", "train"), "val": opts.pop("val_split", "val")}
         ds = build_dataset(opts.pop("dataset"), splits[which], root=opts.pop("root", None), transform=transform, **opts)
@@ -275,7 +272,7 @@ def build_joint(spec: WeakSpec, split: str = "train", transform=None, progress: 
     seg = spec.segmentation_set(split)
     labels = image_labels_for(seg, spec.image_labels or labels_path, spec.min_fraction, progress)
     weak = WeakImages(seg, labels, spec.layout(seg), transform, spec.pseudo_labels)
-    return JointWeakSaliency(weak, spec.saliency_set("train", transform) if spec.has_saliency else None)
+    return JointWeakSaliency(weak, spec.saliency_set("train", transform))
 
 
 def weak_saliency(split: str = "train", root=None, transform=None, **kwargs):

@@ -65,13 +65,13 @@ class WeakTask(Task):
         if spec.image_labels is None and rank == 0:  # the labels this run used, for the record
             save_image_labels(Path(cfg.output_dir) / "image_labels.json", seg_train, labels, spec.min_fraction)
         weak = WeakImages(seg_train, labels, layout, tf, spec.pseudo_labels)
-        train_set = JointWeakSaliency(weak, spec.saliency_set("train", tf) if spec.has_saliency else None)
+        train_set = JointWeakSaliency(weak, spec.saliency_set("train", tf))
         model = build_model_for(cfg, layout.num_foreground)
         unknown = sorted(set(cfg.loss.kwargs) - {"saliency"})
         if unknown:
             raise ContextSegError(f"loss.kwargs {unknown} are not options of loss 'ssnet'; it takes saliency: nll | bce")
         loss = SSNetLoss(cfg.loss.weights, saliency=cfg.loss.kwargs.get("saliency", "nll"))
-        if not spec.has_saliency and loss.weights["saliency"]:
+        if spec.saliency is None and loss.weights["saliency"]:
             raise ContextSegError("data.kwargs.saliency is null (no saliency set) but loss.weights.saliency is "
                                   f"{loss.weights['saliency']:g}; set loss.weights={{cls: 1.0, saliency: 0.0}} for "
                                   "stage 1 from image labels alone")
@@ -159,8 +159,7 @@ def evaluate_saliency_map(model, loader, runtime: EvalRuntime = EvalRuntime()) -
 def _val_sets(cfg: Config, spec: WeakSpec):
     seg_split = cfg.data.val_split
     seg_val = spec.segmentation_set(seg_split, eval_transform()) if seg_split else None
-    sal_val = (spec.saliency_set("val", eval_transform())
-               if spec.has_saliency and spec.saliency.get("val_split", "val") else None)
+    sal_val = spec.saliency_set("val", eval_transform()) if (spec.saliency or {}).get("val_split", "val") else None
     return seg_val, sal_val
 
 
