@@ -424,6 +424,7 @@ def collect(run: Run, cfg: Config, run_dir: Path, status: str, **extra) -> dict:
     num_classes = 1 if key == "max_f" else len(per_class or final.get("per_class_acc") or {}) or None
     curve = curve_from_log(run_dir / "metrics.jsonl", key)
     change = curve_change(curve)
+    amp = (summary.get("precision") or {}).get("amp")  # train.amp as resolved: none (fp32), bf16 or fp16
     row = {
         "name": run.exp.name, "run": run.key, "seed": run.seed, "status": status, "note": run.exp.note,
         "overrides": run.exp.overrides,
@@ -434,6 +435,7 @@ def collect(run: Run, cfg: Config, run_dir: Path, status: str, **extra) -> dict:
         "params": count_params(cfg, num_classes),
         **timing_from_log(run_dir / "metrics.jsonl"),
         "curve": curve, "curve_change": change, "curve_state": curve_state(change),
+        "precision": {"none": "fp32"}.get(amp, amp), "device": summary.get("device"),
         **extra,
     }
     if key == "mIoU":  # the segmentation table's columns
@@ -604,8 +606,9 @@ def markdown(suite: str, rows: list[dict], base: str, user_overrides: list[str],
              f"(max - min) of the two). Curves: `compare_{suite}_curves.png`.", "",
              *aggregate_markdown(aggregates, key, baseline), "",
              f"Runs: val {key} % at the end of training (best = best periodic evaluation).", ""]
+    lines += conditions_warning(rows)
     head = ["experiment", f"**{key}**", "best", *(h for _, h in extras), *classes, "params M", "s/it",
-            "train wall min"]
+            "train wall min", "precision"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         label = r.get("run", r["name"])
@@ -617,7 +620,8 @@ def markdown(suite: str, rows: list[dict], base: str, user_overrides: list[str],
                  *(_pct(r.get(k)) for k, _ in extras), *(_pct(per.get(c)) for c in classes),
                  "-" if r.get("params") is None else f"{r['params'] / 1e6:.2f}",
                  "-" if r.get("s_per_iter") is None else f"{r['s_per_iter']:.2f}",
-                 "-" if r.get("train_wall_s") is None else f"{r['train_wall_s'] / 60:.1f}"]
+                 "-" if r.get("train_wall_s") is None else f"{r['train_wall_s'] / 60:.1f}",
+                 r.get("precision") or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| experiment | overrides | what | runs |", "|---|---|---|---|"]
     for name in dict.fromkeys(r["name"] for r in rows):
@@ -627,6 +631,22 @@ def markdown(suite: str, rows: list[dict], base: str, user_overrides: list[str],
                           for r in runs)
         lines.append(f"| {name} | {ov} | {runs[0]['note']} | {where} |")
     return "\n".join(lines) + "\n"
+
+
+def conditions_warning(rows: list[dict]) -> list[str]:
+    """Markdown lines warning that the rows trained at different precisions or on different devices (a difference
+    in the table may then come from those, not from the method); none when every row ran alike."""
+    ok = [r for r in rows if r.get("status") != "failed"]
+    lines = []
+    for field, what in (("precision", "precisions"), ("device", "devices")):
+        seen = sorted({str(r.get(field)) for r in ok if r.get(field)})
+        unknown = [r.get("run", r["name"]) for r in ok if not r.get(field)]
+        if len(seen) > 1:
+            lines.append(f"**Mixed {what}**: {'; '.join(seen)}. A difference between rows may come from that, "
+                         f"not from the method alone.")
+        elif unknown and seen:
+            lines.append(f"Rows {', '.join(unknown)} do not record their {field} (trained before it was recorded).")
+    return lines + [""] if lines else []
 
 
 def _shell(s: str) -> str:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from contextseg.engine.hardware import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "configs" / "synthetic_fcn.yaml")  # no head options: every suite swaps the head
 TINY = ["device=cpu", "data.kwargs={num_samples: 8, size: [48, 64]}", "data.crop_size=[48, 64]",
@@ -79,6 +81,9 @@ def test_compare_and_multiscale_eval(tmp_path):
     # heads: two experiments trained, the table holds both with numbers
     rows, md = _run_compare(tmp_path, "heads", "fcn,psp")
     assert [r["status"] for r in rows.values()] == ["trained", "trained"]
+    assert {r["precision"] for r in rows.values()} in ({"fp32"}, {"bf16"})  # what amp=auto chose on this CPU
+    assert all(r["device"].startswith(cpu_model()) for r in rows.values())
+    assert "Mixed" not in md and "| precision |" in md
     for name in ("fcn", "psp"):
         assert f"| {name} | **" in md
         assert 0 <= rows[name]["mIoU"] <= 1 and rows[name]["params"] > 0 and rows[name]["s_per_iter"] > 0
@@ -130,6 +135,19 @@ def test_only_runs_add_rows_to_the_table(tmp_path):
     assert [(r["name"], r["mIoU"]) for r in rows] == [("fcn", 0.35), ("ocr", 0.4), ("danet", 0.5)]
     other = SimpleNamespace(suite="heads", base="b.yaml", overrides=["train.iters=1000"])  # another budget: not mixed
     assert compare._with_earlier_rows(path, other, [{"name": "danet"}], order) == [{"name": "danet"}]
+
+
+def test_rows_of_other_precisions_or_devices_are_flagged():
+    zen5, zen3 = "AMD EPYC (avx2, avx512, avx512_bf16)", "AMD EPYC (avx2)"
+    alike = [{"name": "gap", "precision": "bf16", "device": zen5}, {"name": "saol", "precision": "bf16", "device": zen5}]
+    assert compare.conditions_warning(alike) == []
+    mixed = alike + [{"name": "saol_no_ss", "precision": "fp32", "device": zen3}]
+    lines = compare.conditions_warning(mixed)
+    assert lines[0].startswith("**Mixed precisions**: bf16; fp32") and "**Mixed devices**" in lines[1]
+    older = alike + [{"name": "old", "run": "old@seed1"}]  # a row from before the fields were recorded
+    assert compare.conditions_warning(older) == [
+        "Rows old@seed1 do not record their precision (trained before it was recorded).",
+        "Rows old@seed1 do not record their device (trained before it was recorded).", ""]
 
 
 # ----------------------------------------------------------------------------- seeds, aggregates, verdicts, curves

@@ -59,6 +59,14 @@ def instruction_sets() -> dict:
             "amx": "amx_bf16" in flags}
 
 
+def cpu_label() -> str:
+    """One line naming the CPU as a figure must: model, instruction sets, any ceiling set in the environment,
+    e.g. ``AMD EPYC (avx2, avx512, avx512_bf16)`` (the model name alone often does not tell Zen 3 from Zen 5)."""
+    has = ", ".join(k for k, v in instruction_sets().items() if v) or "no AVX2"
+    ceiling = isa_ceiling()
+    return f"{cpu_model()} ({has})" + (f" limited by {ceiling}" if ceiling else "")
+
+
 def isa_ceiling() -> str | None:
     """The instruction-set limits set in the environment (they make a CPU behave as an older one), or None."""
     parts = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(k)]

@@ -37,6 +37,7 @@ from ..visualize import plot_curves
 from . import distributed as dist_utils
 from .diagnostics.common import snapshot_params, update_stats
 from .checkpointer import Checkpointer
+from .hardware import cpu_label
 from .runtime import (ResumableSampler, SeededSamples, autocast, jsonable, loader_workers, precision_choice, seed_rank,
                       worker_init, write_json)
 from .schedules import PolyLR
@@ -330,7 +331,8 @@ class Trainer:
                 self.save("last.pt")
         summary = {"step": self.step, "steps_this_session": self.step - start_step, "best": self.best,
                    "key_metric": self.key_metric, "train_seconds": time.time() - start_time, "final": self.last_metrics,
-                   "precision": {"amp": self.amp, "reason": self.amp_reason}}
+                   "precision": {"amp": self.amp, "reason": self.amp_reason},
+                   "device": cpu_label() if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)}
         if self.is_main:
             if (self.out_dir / "metrics.jsonl").exists():
                 plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png", self.key_metric)
