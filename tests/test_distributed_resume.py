@@ -24,9 +24,10 @@ from contextseg.config import load_config
 from contextseg.engine import distributed as dist_utils
 from contextseg.engine.checkpoint import load_checkpoint
 from contextseg.engine.evaluator import EvalRuntime, evaluate
+from contextseg.engine.hardware import cpu_label
 from contextseg.engine.runtime import ResumableSampler, SeededSamples, ShardSampler
 from contextseg.tasks import run_training as train
-from contextseg.engine.trainer import Trainer
+from contextseg.engine.trainer import Trainer, float32_outputs
 from contextseg.errors import ContextSegError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -401,3 +402,30 @@ def test_non_finite_gradients_skip_the_step_and_keep_the_weights(tmp_path):
         assert torch.equal(v, before[k]), k
     trainer.fit()
     assert trainer.step == 6 and all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
+
+
+class DtypeRecordingCE(MeanCE):
+    """MeanCE that records the dtype of the logits it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def forward(self, outputs, labels):
+        self.dtypes.add(outputs["out"].dtype)
+        return super().forward(outputs, labels)
+
+
+def test_bf16_autocast_hands_the_loss_float32_outputs(tmp_path):
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert TinyNet()(torch.randn(1, 3, 8, 8))["out"].dtype == torch.bfloat16  # what the model gives
+    loss = DtypeRecordingCE()
+    cfg = tiny_trainer_cfg(tmp_path, 4, "train.iters=2", "train.amp=bf16")
+    summary = Trainer(cfg, TinyNet(), loss, Pairs(24), progress=False).fit()
+    assert loss.dtypes == {torch.float32}  # softmax, log and mean in float32, as CUDA autocast would run them
+    assert summary["precision"]["amp"] == "bf16" and summary["device"] == cpu_label()
+    nested = {"out": torch.ones(1, dtype=torch.bfloat16), "parts": [torch.ones(1, dtype=torch.float16)],
+              "index": torch.ones(1, dtype=torch.long)}
+    cast = float32_outputs(nested)
+    assert cast["out"].dtype == cast["parts"][0].dtype == torch.float32 and cast["index"].dtype == torch.long

@@ -209,7 +209,7 @@ class Trainer:
                             "not use, e.g. aux left out of loss.weights); DistributedDataParallel needs "
                             "train.find_unused_parameters=true for such a model, or give that output a loss "
                             "weight") from None
-                loss, parts = self.loss_fn(outputs, labels)
+                loss, parts = self.loss_fn(float32_outputs(outputs), labels)
                 names = ["loss", *(f"loss_{k}" for k in parts)]
                 values = torch.stack([loss.detach().float(), *(torch.as_tensor(v, device=loss.device).detach().float()
                                                                for v in parts.values())])
@@ -363,6 +363,19 @@ class StopOnInterrupt:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
             self.previous = None
+
+
+def float32_outputs(x):
+    """The model's half-precision outputs (a tensor, or a dict / list / tuple of them) cast to float32, others as
+    they are. The loss runs outside autocast: without this a bf16 or fp16 output would have its softmax, log and
+    reductions computed in half precision (CUDA autocast would run them in float32; here that is explicit)."""
+    if isinstance(x, dict):
+        return {k: float32_outputs(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(float32_outputs(v) for v in x)
+    if isinstance(x, torch.Tensor) and x.dtype in (torch.bfloat16, torch.float16):
+        return x.float()
+    return x
 
 
 def _to_device(x, device):
