@@ -416,6 +416,7 @@ class DtypeRecordingCE(MeanCE):
         return super().forward(outputs, labels)
 
 
+@pytest.mark.filterwarnings("ignore:amp=bf16 on this machine")  # CI turns native bf16 off: bf16 is forced here
 def test_bf16_autocast_hands_the_loss_float32_outputs(tmp_path):
     torch.manual_seed(0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
