@@ -332,7 +332,7 @@ class Trainer:
         summary = {"step": self.step, "steps_this_session": self.step - start_step, "best": self.best,
                    "key_metric": self.key_metric, "train_seconds": time.time() - start_time, "final": self.last_metrics,
                    "precision": {"amp": self.amp, "reason": self.amp_reason},
-                   "device": cpu_label() if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)}
+                   "device": _device_label(self.device)}
         if self.is_main:
             if (self.out_dir / "metrics.jsonl").exists():
                 plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png", self.key_metric)
@@ -363,6 +363,15 @@ class StopOnInterrupt:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
             self.previous = None
+
+
+def _device_label(device: torch.device) -> str:
+    """The device a run trained on, as figures name it: the CPU's model and instruction sets, the GPU's name."""
+    if device.type == "cpu":
+        return cpu_label()
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return str(device)  # e.g. mps: no name to ask for, and a finished run must not fail on its summary
 
 
 def float32_outputs(x):
