@@ -67,6 +67,22 @@ def test_uniform_attention_and_1x1_convs_average_the_cells():
     assert changed[2, 3] and changed.sum() == 1
 
 
+def test_float32_head_computes_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    head = SAOLHead([4, 6], num_classes=3, float32=True).eval()
+    torch.nn.init.normal_(head.attention[1].weight)
+    feats = [torch.randn(2, 4, 8, 8).bfloat16(), torch.randn(2, 6, 4, 4).bfloat16()]  # a bf16 backbone's maps
+    reference = head([f.float() for f in feats])  # no autocast: all float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = head(feats)
+        head.float32 = False
+        plain = head(feats)
+    for name, value in mixed.items():
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, reference[name], rtol=0, atol=0)
+    assert plain["gap"].dtype == torch.bfloat16  # the default keeps autocast's precision
+
+
 def test_head_parameter_counts_from_layer_shapes():
     k, m, a = 10, 32, 32
     model = create_model("saol", backbone="cifar_resnet20", num_classes=k)

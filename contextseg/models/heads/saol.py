@@ -89,8 +89,9 @@ class SAOLHead(DecodeHead):
     backbone_options = ()
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, in_index=None, mid_channels: int = 32,
-                 attention_channels: int = 32, fuse_kernel: int = 3, gap: bool = True):
+                 attention_channels: int = 32, fuse_kernel: int = 3, gap: bool = True, float32: bool = False):
         super().__init__(in_channels, num_classes, adapter=False)
+        self.float32 = bool(float32)  # compute the whole head in float32 under autocast (the backbone stays bf16)
         self.in_index = _indices(in_index, len(self.in_channels))
         if fuse_kernel not in (1, 3, 5):
             raise ContextSegError(f"fuse_kernel is 1, 3 or 5, got {fuse_kernel!r}")
@@ -108,6 +109,12 @@ class SAOLHead(DecodeHead):
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         check_feats(feats, self.in_channels, "SAOLHead")
+        if self.float32 and torch.is_autocast_enabled(feats[-1].device.type):
+            with torch.autocast(feats[-1].device.type, enabled=False):
+                return self._forward([f.float() for f in feats])
+        return self._forward(feats)
+
+    def _forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         last = feats[-1]
         b, _, h, w = last.shape
         log_a = self.attention(last).float().flatten(1).log_softmax(1)  # (B, h*w)
