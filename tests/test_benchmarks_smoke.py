@@ -2,12 +2,16 @@
 written from the layer shapes, GFLOPs against the OCR paper's table, and one tiny measurement of each module."""
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "context_modules.py"
+from contextseg.data import default_data_root
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "context_modules.py"
 _spec = importlib.util.spec_from_file_location("context_modules", SCRIPT)
 cm = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cm)
@@ -76,3 +80,17 @@ def test_camvid_examples_names_and_header():
     assert ex.named("runs/compare/heads/psp/last.pt") == ("psp", "runs/compare/heads/psp/last.pt")
     strip = ex.header(["image", "ground truth", "psp"], width=100)
     assert strip.shape == (40, 300, 3) and (strip < 128).any()  # white, with dark text
+
+
+@pytest.mark.skipif(not (default_data_root() / "cifar10" / "train").is_dir(), reason="no CIFAR-10 folder")
+def test_bf16_gradients_reports_per_model_errors(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bf16_gradients", ROOT / "benchmarks" / "bf16_gradients.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "g.json"
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.argv", ["bf16_gradients.py", "--models", "cifar10-gap", "--batch", "16",
+                                     "--out", str(out)])
+    bench.main()
+    row = json.loads(out.read_text())["models"]["cifar10-gap"]
+    assert 0 < row["median"] < 1 and set(row["median_by_part"]) == {"backbone", "head"} and row["tensors"] > 50
