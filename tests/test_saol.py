@@ -12,7 +12,7 @@ from contextseg.cli import main
 from contextseg.data import LabelCutMix, build_dataset, default_data_root, write_image_folder
 from contextseg.errors import ContextSegError
 from contextseg.models import create_model
-from contextseg.models.heads.saol import SAOLHead
+from contextseg.models.heads.saol import GAPFCHead, SAOLHead
 from contextseg.losses.saol import SAOLLoss, WithSourceLogits, box_coverage, sd_loss, ss1_loss, ss2_loss
 
 
@@ -81,6 +81,19 @@ def test_float32_head_computes_in_float32_under_bf16_autocast():
         assert value.dtype == torch.float32
         torch.testing.assert_close(value, reference[name], rtol=0, atol=0)
     assert plain["gap"].dtype == torch.bfloat16  # the default keeps autocast's precision
+
+
+def test_gap_fc_float32_option_computes_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    head = GAPFCHead([4, 6], num_classes=3, float32=True)
+    feats = [torch.randn(2, 4, 8, 8).bfloat16(), torch.randn(2, 6, 4, 4).bfloat16()]
+    reference = head([f.float() for f in feats])["out"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = head(feats)["out"]
+        head.float32 = False
+        plain = head(feats)["out"]
+    assert mixed.dtype == torch.float32 and plain.dtype == torch.bfloat16
+    torch.testing.assert_close(mixed, reference, rtol=0, atol=0)
 
 
 def test_head_parameter_counts_from_layer_shapes():

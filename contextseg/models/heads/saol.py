@@ -59,6 +59,16 @@ def _indices(in_index, n: int) -> list[int]:
     return [i % n for i in index]
 
 
+def in_float32(forward, feats: Sequence[Tensor]):
+    """``forward(feats)``, under autocast with autocast off and the maps cast to float32 (a head's ``float32``
+    option: the output layer computes in float32 while the backbone stays bf16)."""
+    device = feats[-1].device.type
+    if not torch.is_autocast_enabled(device):
+        return forward(feats)
+    with torch.autocast(device, enabled=False):
+        return forward([f.float() for f in feats])
+
+
 @CLASSIFIERS.register("gap")
 class GAPFCHead(DecodeHead):
     """The standard output layer (Eq. 1): [..., X^L] -> {"out": FC(GAP(X^L))} (B, K) logits. "gap" in
@@ -68,13 +78,17 @@ class GAPFCHead(DecodeHead):
     eval_outputs = ("out",)
     backbone_options = ()
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int = -1):
+    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: int = -1, float32: bool = False):
         super().__init__(in_channels, num_classes, adapter=False)
+        self.float32 = bool(float32)  # GAP and FC in float32 under autocast (as SAOLHead's option)
         self.in_index = _indices(in_index, len(self.in_channels))[0]
         self.fc = nn.Linear(self.in_channels[self.in_index], num_classes)
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         check_feats(feats, self.in_channels, "GAPFCHead")
+        return in_float32(self._forward, feats) if self.float32 else self._forward(feats)
+
+    def _forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         return {"out": self.fc(feats[self.in_index].mean(dim=(2, 3)))}
 
 
@@ -109,10 +123,7 @@ class SAOLHead(DecodeHead):
 
     def forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         check_feats(feats, self.in_channels, "SAOLHead")
-        if self.float32 and torch.is_autocast_enabled(feats[-1].device.type):
-            with torch.autocast(feats[-1].device.type, enabled=False):
-                return self._forward([f.float() for f in feats])
-        return self._forward(feats)
+        return in_float32(self._forward, feats) if self.float32 else self._forward(feats)
 
     def _forward(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
         last = feats[-1]
