@@ -31,6 +31,7 @@ from .data import build_dataset, eval_transform
 from .data.transforms import MEAN, STD
 from .engine.checkpoint import atomic_save, load_checkpoint
 from .engine.env_report import environment
+from .engine.hardware import named
 from .engine.outputs import write_text
 from .engine.zoo import manifest, rounded_state, save_weights, zoo_checkpoint, zoo_dir
 from .errors import ContextSegError
@@ -175,8 +176,8 @@ def _add(name, checkpoint, run, config, overrides, command, samples, half, root,
 
 def _machine() -> str:
     env = environment(measure=False)
-    isa = [k for k, v in env.get("instruction_sets", {}).items() if v]
-    return f"{env.get('cpu')}, {env.get('cores')} cores ({', '.join(isa)}), torch {env.get('torch')}"
+    isa = named(env.get("instruction_sets", {}), "")
+    return f"{env.get('cpu')}, {env.get('cores')} cores ({isa}), torch {env.get('torch')}"
 
 
 def _write_manifest(root: Path, entry: dict) -> None:

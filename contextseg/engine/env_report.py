@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from .hardware import backends_available, conv_gflops, cpu_model, instruction_sets, isa_ceiling, native_bf16
+from .hardware import backends_available, conv_gflops, cpu_model, instruction_sets, isa_ceiling, named, native_bf16
 from .runtime import precision_choice
 
 
@@ -52,8 +52,7 @@ def _onednn_version() -> str | None:
 
 
 def format_environment(info: dict) -> str:
-    isa = info["instruction_sets"]
-    has = ", ".join(k for k, v in isa.items() if v) or "none reported"
+    has = named(info["instruction_sets"], "none reported")
     lines = [
         f"cpu:            {info['cpu']} ({info['cores']} logical cores, torch uses {info['threads']} threads)",
         f"instruction sets: {has}" + (f"  [limited by {info['isa_ceiling']}]" if info["isa_ceiling"] else ""),

@@ -59,10 +59,15 @@ def instruction_sets() -> dict:
             "amx": "amx_bf16" in flags}
 
 
+def named(isa: dict, none: str) -> str:
+    """The instruction sets an ``instruction_sets()`` dict marks True, comma-joined, or ``none``."""
+    return ", ".join(k for k, v in isa.items() if v) or none
+
+
 def cpu_label() -> str:
     """One line naming the CPU as a figure must: model, instruction sets, any ceiling set in the environment,
     e.g. ``AMD EPYC (avx2, avx512, avx512_bf16)`` (the model name alone often does not tell Zen 3 from Zen 5)."""
-    has = ", ".join(k for k, v in instruction_sets().items() if v) or "no AVX2"
+    has = named(instruction_sets(), "no AVX2")
     ceiling = isa_ceiling()
     return f"{cpu_model()} ({has})" + (f" limited by {ceiling}" if ceiling else "")
 
