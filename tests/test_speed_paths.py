@@ -43,6 +43,16 @@ def test_auto_is_fp32_without_native_bf16_and_bf16_with_it(no_native_bf16, monke
     assert runtime.resolve_amp("auto", cpu) == "bf16"
 
 
+def test_cpu_label_names_the_family_and_model_a_bare_model_name_hides(monkeypatch):
+    zen4 = {"model name": "AMD EPYC", "cpu family": "25", "model": "17", "flags": "fpu avx2 avx512f avx512_bf16"}
+    monkeypatch.setattr(hardware, "cpuinfo", lambda: zen4)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert hardware.cpu_label() == "AMD EPYC family 25 model 17 (avx2, avx512, avx512_bf16)"
+    monkeypatch.setattr(hardware, "cpuinfo", lambda: {"Features": "fp asimd"})  # Arm: no family, no AVX
+    assert hardware.cpu_label().endswith(" (no AVX2)") and "family" not in hardware.cpu_label()
+
+
 def test_isa_ceiling_turns_native_bf16_off(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
     monkeypatch.setattr(hardware, "_mkldnn_bf16", lambda: True)

@@ -27,28 +27,41 @@ _BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AV
 
 
 @functools.lru_cache(maxsize=None)
+def cpuinfo() -> dict:
+    """The first processor's fields in /proc/cpuinfo (Linux), e.g. {"model name": ..., "cpu family": "26", ...};
+    empty where that file does not exist."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    if info:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return info
+
+
 def cpu_flags() -> frozenset:
-    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where that file does not exist."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    """The CPU's feature flags (x86 "flags", Arm "Features"); empty where not reported."""
+    info = cpuinfo()
+    return frozenset((info.get("flags") or info.get("Features") or "").split())
 
 
-@functools.lru_cache(maxsize=None)
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_generation() -> str:
+    """"family F model M" (x86): it tells AMD Zen 3 (family 25), Zen 4 (25, models 16-31, 96-127, 160-175) and
+    Zen 5 (26) apart where a virtual machine names each a bare "AMD EPYC"; "" where not reported."""
+    info = cpuinfo()
+    if "cpu family" not in info or "model" not in info:
+        return ""
+    return f"family {info['cpu family']} model {info['model']}"
 
 
 def instruction_sets() -> dict:
@@ -66,10 +79,12 @@ def named(isa: dict, none: str) -> str:
 
 def cpu_label() -> str:
     """One line naming the CPU as a figure must: model, instruction sets, any ceiling set in the environment,
-    e.g. ``AMD EPYC (avx2, avx512, avx512_bf16)`` (the model name alone often does not tell Zen 3 from Zen 5)."""
+    e.g. ``AMD EPYC family 26 model 2 (avx2, avx512, avx512_bf16)`` (the model name alone often does not tell Zen 3
+    from Zen 5, nor the instruction sets Zen 4 from Zen 5)."""
     has = named(instruction_sets(), "no AVX2")
     ceiling = isa_ceiling()
-    return f"{cpu_model()} ({has})" + (f" limited by {ceiling}" if ceiling else "")
+    name = f"{cpu_model()} {cpu_generation()}".rstrip()
+    return f"{name} ({has})" + (f" limited by {ceiling}" if ceiling else "")
 
 
 def isa_ceiling() -> str | None:
