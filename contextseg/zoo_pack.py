@@ -177,8 +177,7 @@ def _add(name, checkpoint, run, config, overrides, command, samples, half, root,
 def _machine() -> str:
     env = environment(measure=False)
     isa = named(env.get("instruction_sets", {}), "")
-    cpu = f"{env.get('cpu')} {env.get('cpu_generation', '')}".rstrip()
-    return f"{cpu}, {env.get('cores')} cores ({isa}), torch {env.get('torch')}"
+    return f"{env.get('cpu')}, {env.get('cores')} cores ({isa}), torch {env.get('torch')}"
 
 
 def _write_manifest(root: Path, entry: dict) -> None:

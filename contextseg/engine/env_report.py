@@ -7,8 +7,7 @@ import os
 
 import torch
 
-from .hardware import (backends_available, conv_gflops, cpu_generation, cpu_model, instruction_sets, isa_ceiling,
-                       named, native_bf16)
+from .hardware import backends_available, conv_gflops, cpu_name, instruction_sets, isa_ceiling, named, native_bf16
 from .runtime import precision_choice
 
 
@@ -17,8 +16,7 @@ def environment(measure: bool = True) -> dict:
     cpu = torch.device("cpu")
     amp, reason = precision_choice("auto", cpu)
     info = {
-        "cpu": cpu_model(),
-        "cpu_generation": cpu_generation(),
+        "cpu": cpu_name(),
         "instruction_sets": instruction_sets(),
         "isa_ceiling": isa_ceiling(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -56,8 +54,7 @@ def _onednn_version() -> str | None:
 def format_environment(info: dict) -> str:
     has = named(info["instruction_sets"], "none reported")
     lines = [
-        f"cpu:            {info['cpu']} {info.get('cpu_generation', '')}".rstrip()
-        + f" ({info['cores']} logical cores, torch uses {info['threads']} threads)",
+        f"cpu:            {info['cpu']} ({info['cores']} logical cores, torch uses {info['threads']} threads)",
         f"instruction sets: {has}" + (f"  [limited by {info['isa_ceiling']}]" if info["isa_ceiling"] else ""),
         f"torch:          {info['torch']} (kernels: {info['torch_cpu_capability']}); oneDNN {info['onednn']}",
         f"cuda:           {info['cuda'] or 'not available'}",

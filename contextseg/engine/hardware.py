@@ -64,6 +64,11 @@ def cpu_generation() -> str:
     return f"family {info['cpu family']} model {info['model']}"
 
 
+def cpu_name() -> str:
+    """The model name with the family and model where reported, e.g. "AMD EPYC family 26 model 2"."""
+    return f"{cpu_model()} {cpu_generation()}".rstrip()
+
+
 def instruction_sets() -> dict:
     """{"avx2": bool, "avx512": bool, "avx512_bf16": bool, "amx": bool} as the CPU reports them (before any ceiling
     in the environment); all False where the flags cannot be read."""
@@ -83,8 +88,7 @@ def cpu_label() -> str:
     from Zen 5, nor the instruction sets Zen 4 from Zen 5)."""
     has = named(instruction_sets(), "no AVX2")
     ceiling = isa_ceiling()
-    name = f"{cpu_model()} {cpu_generation()}".rstrip()
-    return f"{name} ({has})" + (f" limited by {ceiling}" if ceiling else "")
+    return f"{cpu_name()} ({has})" + (f" limited by {ceiling}" if ceiling else "")
 
 
 def isa_ceiling() -> str | None:
