@@ -12,6 +12,7 @@ One resumable command per claim (run it again after a kill, or with more --seeds
                                                             # own script, built on this one
     .venv/bin/python benchmarks/compare.py heads --list                     # the runs and their commands
     .venv/bin/python benchmarks/compare.py heads --base CFG --only fcn,ocr  # a subset ("--all" adds the optional ones)
+    .venv/bin/python benchmarks/compare.py merges --only avg,max,attention --baseline avg  # judged against avg
 
 Suites (each experiment = the base config + its overrides + your key=value overrides, which apply to all; the
 default base config per suite, --base replaces it; the baseline every other experiment is judged against):
@@ -49,6 +50,8 @@ RUNS_ROOT/<suite>/<name>@seed<S> with the override seed=S for the others (defaul
 - reused from another finished run under RUNS_ROOT whose resolved config is identical except name and output_dir
   (e.g. losses/ce = heads/ocr = merges/single for one base config; another seed is another config): no training
   twice;
+- reused from a finished row of another suite's table in RESULTS_DIR (compare_*.json) whose config, resolved from
+  that table's base and overrides, is the same: a run trained on another machine counts once too;
 - refused when OUTPUT holds a run of another config (the keys that differ are named): pass --rerun NAME,... (an
   experiment: all its seeds; or one run, NAME@seedS) to train it again from scratch.
 A failing run is recorded with its error and the suite goes on (exit status 1 at the end).
@@ -321,6 +324,31 @@ def find_reusable(cfg: Config, runs_root: Path, exclude: Path) -> Path | None:
         saved = _saved_config(run_dir)
         if saved is not None and not config_diff(saved, want, IGNORED_FOR_REUSE):
             return run_dir
+    return None
+
+
+def find_reusable_row(cfg: Config, results_dir: Path, suite: str) -> tuple[str, dict] | None:
+    """A finished row of another suite's table in results_dir (compare_*.json) whose config, resolved from that
+    table's base, its overrides and the row's own, equals ``cfg`` (name, output_dir aside): a run trained on another
+    machine, whose run folder is not here, still counts once. -> ("compare_losses.json: ce@seed1", row) or None."""
+    want = cfg.to_dict()
+    for path in sorted(results_dir.glob("compare_*.json")):
+        if path.name == f"compare_{suite}.json":
+            continue
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for row in report.get("rows", []):
+            if row.get("status") == "failed" or row.get("step") != cfg.train.iters or row.get("reused_from"):
+                continue
+            seed = [] if row.get("seed") is None else [f"seed={row['seed']}"]
+            try:
+                theirs = load_config(report["base"], [*row["overrides"], *report["overrides"], *seed]).to_dict()
+            except Exception:  # noqa: BLE001 - a table of an older config layout is simply not reused
+                continue
+            if not config_diff(theirs, want, IGNORED_FOR_REUSE):
+                return f"{path}: {row.get('run', row['name'])}", row
     return None
 
 
@@ -656,7 +684,8 @@ def _shell(s: str) -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def run_experiment(run: Run, cfg: Config, runs_root: Path, rerun: bool, progress: bool) -> dict:
+def run_experiment(run: Run, cfg: Config, runs_root: Path, rerun: bool, progress: bool,
+                   results_dir: Path | None = None, suite: str = "") -> dict:
     from contextseg.tasks import run_training as train
 
     run_dir = Path(cfg.output_dir)
@@ -678,6 +707,12 @@ def run_experiment(run: Run, cfg: Config, runs_root: Path, rerun: bool, progress
         if other is not None:
             print(f"[{run.key}] the same config finished in {other}: reusing it")
             return collect(run, cfg, other, "reused", reused_from=str(other))
+        found = find_reusable_row(cfg, results_dir, suite) if results_dir is not None else None
+        if found is not None:
+            where, row = found
+            print(f"[{run.key}] the same config finished in {where}: reusing its row")
+            return {**row, "name": run.exp.name, "run": run.key, "seed": run.seed, "note": run.exp.note,
+                    "overrides": run.exp.overrides, "status": "reused", "reused_from": where}
     resume = str(run_dir / "last.pt") if (run_dir / "last.pt").is_file() else None
     print(f"[{run.key}] {'resuming ' + resume if resume else 'training'} -> {run_dir}", flush=True)
     t0 = time.time()
@@ -727,6 +762,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copy-paste-classes", type=int, nargs="+", default=CAMVID_RARE,
                    help="classes Copy-Paste pastes (default CamVid pole 2, sign 6, pedestrian 9, bicyclist 10)")
     p.add_argument("--train-scales", type=float, nargs="+", default=[0.5, 1.0], help="merges: training pyramid")
+    p.add_argument("--baseline", help="the experiment every other is judged against (default per suite: " +
+                   ", ".join(f"{s} {b}" for s, b in BASELINE.items()) + ")")
     p.add_argument("--list", action="store_true", help="print the runs and their commands, train nothing")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_intermixed_args(_joined_seeds(sys.argv[1:] if argv is None else argv))
@@ -737,6 +774,8 @@ def main(argv: list[str] | None = None) -> int:
     base_cfg = load_config(a.base, a.overrides)
     experiments = suite_experiments(a.suite, base_cfg, a.copy_paste_classes, a.train_scales)
     known = {e.name: e for e in experiments}
+    if a.baseline is not None and a.baseline not in known:
+        p.error(f"--baseline {a.baseline!r} is not an experiment of suite {a.suite!r}; it has: {', '.join(known)}")
     if a.only:
         names = [n.strip() for n in a.only.split(",") if n.strip()]
         unknown = [n for n in names if n not in known]
@@ -767,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
     for run, cfg, command in plans:
         try:
             row = run_experiment(run, cfg, runs_root, bool({run.exp.name, run.key} & rerun),
-                                 progress=not a.no_progress)
+                                 progress=not a.no_progress, results_dir=Path(a.results_dir), suite=a.suite)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - one failure must not lose the suite
@@ -782,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(a.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = _with_earlier_rows(out_dir / f"compare_{a.suite}.json", a, rows, [e.name for e in known.values()])
-    key, baseline = key_metric_of(rows), BASELINE[a.suite]
+    key, baseline = key_metric_of(rows), a.baseline or BASELINE[a.suite]
     aggregates = aggregate(rows, list(known), baseline, key)
     curves = out_dir / f"compare_{a.suite}_curves.png"
     plotted = plot_curves(curves, a.suite, rows, key)

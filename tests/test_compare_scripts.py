@@ -301,6 +301,29 @@ def test_compare_over_two_seeds_end_to_end(tmp_path):
         ("ce", "reused", "fcn"), ("ce@seed1", "reused", "fcn@seed1")]
 
 
+def test_rows_of_another_machine_are_reused_and_baseline_chosen(tmp_path):
+    import shutil
+
+    results = tmp_path / "results"
+    argv = ["heads", *TINY, "--base", BASE, "--only", "fcn,psp", "--runs-root", str(tmp_path / "runs"),
+            "--results-dir", str(results), "--no-progress"]
+    assert compare.main(argv) == 0
+    shutil.rmtree(tmp_path / "runs")  # the runs stayed on the machine that trained them; their table came with us
+    argv = ["losses", *TINY, "--base", BASE, "--only", "ce,focal", "--runs-root", str(tmp_path / "runs2"),
+            "--results-dir", str(results), "--no-progress", "--baseline", "focal"]
+    assert compare.main(argv) == 0
+    report = json.loads((results / "compare_losses.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    heads = {r["name"]: r for r in json.loads((results / "compare_heads.json").read_text())["rows"]}
+    assert rows["ce"]["status"] == "reused" and rows["ce"]["reused_from"].endswith("compare_heads.json: fcn")
+    assert rows["ce"]["value"] == heads["fcn"]["value"] and rows["ce"]["overrides"] == ["loss.name=ce"]
+    assert rows["focal"]["status"] == "trained"  # another loss: another config, trained
+    assert report["baseline"] == "focal"
+    assert {g["name"]: g["verdict"] for g in report["aggregates"]}["focal"] == "baseline"
+    with pytest.raises(SystemExit):
+        compare.main(["losses", "--base", BASE, "--baseline", "nope", "--list"])
+
+
 def test_stn_suite_is_the_shipped_configs():
     base = compare.load_config("configs/cifar10/gap_resnet20_distorted.yaml")
     runs = {e.name: e for e in compare.suite_experiments("stn", base)}
