@@ -78,6 +78,7 @@ config and overrides are kept (a --only or --seeds run adds or replaces its runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -820,23 +821,43 @@ def main(argv: list[str] | None = None) -> int:
 
     out_dir = Path(a.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = _with_earlier_rows(out_dir / f"compare_{a.suite}.json", a, rows, [e.name for e in known.values()])
-    key, baseline = key_metric_of(rows), a.baseline or BASELINE[a.suite]
-    aggregates = aggregate(rows, list(known), baseline, key)
-    curves = out_dir / f"compare_{a.suite}_curves.png"
-    plotted = plot_curves(curves, a.suite, rows, key)
-    report = {"suite": a.suite, "base": a.base, "overrides": a.overrides, "seeds": seeds, "key_metric": key,
-              "baseline": baseline, "aggregates": aggregates, "curves": str(curves) if plotted else None,
-              "rows": rows}
-    (out_dir / f"compare_{a.suite}.json").write_text(json.dumps(report, indent=2))
-    md = markdown(a.suite, rows, a.base, a.overrides, aggregates, baseline)
-    (out_dir / f"compare_{a.suite}.md").write_text(md)
+    with _table_lock(out_dir / f".compare_{a.suite}.lock"):  # runs side by side merge into one table in turn
+        rows = _with_earlier_rows(out_dir / f"compare_{a.suite}.json", a, rows, [e.name for e in known.values()])
+        key, baseline = key_metric_of(rows), a.baseline or BASELINE[a.suite]
+        aggregates = aggregate(rows, list(known), baseline, key)
+        curves = out_dir / f"compare_{a.suite}_curves.png"
+        plotted = plot_curves(curves, a.suite, rows, key)
+        report = {"suite": a.suite, "base": a.base, "overrides": a.overrides, "seeds": seeds, "key_metric": key,
+                  "baseline": baseline, "aggregates": aggregates, "curves": str(curves) if plotted else None,
+                  "rows": rows}
+        md = markdown(a.suite, rows, a.base, a.overrides, aggregates, baseline)
+        _write_atomic(out_dir / f"compare_{a.suite}.json", json.dumps(report, indent=2))
+        _write_atomic(out_dir / f"compare_{a.suite}.md", md)
     print()
     print(md)
     for g in aggregates:
         print(f"[{g['name']}] validation curve: {g['curve']}")
     print(f"saved {out_dir / f'compare_{a.suite}.json'} and .md" + (f", curves {curves}" if plotted else ""))
     return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
+@contextlib.contextmanager
+def _table_lock(path: Path):
+    """An exclusive lock on ``path`` (POSIX flock; no lock where fcntl is missing, e.g. Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _with_earlier_rows(path: Path, a, rows: list[dict], order: list[str]) -> list[dict]:

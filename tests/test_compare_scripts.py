@@ -324,6 +324,25 @@ def test_rows_of_another_machine_are_reused_and_baseline_chosen(tmp_path):
         compare.main(["losses", "--base", BASE, "--baseline", "nope", "--list"])
 
 
+def test_cpu_claims_runs_side_by_side_into_one_table(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("flock") is None:
+        pytest.skip("flock (util-linux) is not installed")
+    env = {**os.environ, "SUITE": "heads", "ARMS": "fcn psp", "SEEDS": "0", "BASE": BASE, "PY": sys.executable,
+           "RUNS_ROOT": str(tmp_path / "runs"), "RESULTS": str(tmp_path / "results"),
+           "AFTER_EACH": f'echo "$ARM $SEED" >> {tmp_path / "after.txt"}'}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "cpu_claims.sh"), *TINY], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "results" / "compare_heads.json").read_text())
+    assert sorted((r["run"], r["status"]) for r in report["rows"]) == [("fcn", "trained"), ("psp", "trained")]
+    assert sorted((tmp_path / "after.txt").read_text().split("\n")[:2]) == ["fcn 0", "psp 0"]
+    assert done.stdout.count("trained: val mIoU") == 2
+
+
 def test_stn_suite_is_the_shipped_configs():
     base = compare.load_config("configs/cifar10/gap_resnet20_distorted.yaml")
     runs = {e.name: e for e in compare.suite_experiments("stn", base)}
