@@ -10,7 +10,9 @@
 # Settings (environment): SUITE (required), ARMS (required: experiment names), SEEDS ("0 1"),
 # BASE (configs/camvid/ocr_hrnetv2_w18s_v2_half.yaml), RUNS_ROOT (runs/claims_half_3000),
 # RESULTS (benchmarks/results/camvid_half_3000), JOBS (2), THREADS (1), BASELINE (the suite's),
-# AFTER_EACH (a shell command run after each merge with ARM and SEED set, e.g. a git commit of RESULTS).
+# AFTER_EACH (a shell command run after each merge with ARM and SEED set, e.g. a git commit of RESULTS; add the
+# folder first, or `git commit -- DIR` skips a suite's new, untracked table:
+#   AFTER_EACH='D=benchmarks/results/camvid_half_3000; git add "$D" && git commit -q -m "$ARM seed $SEED" -- "$D"').
 # Arguments: key=value overrides for every run (they must be the same each time: they name the table).
 # Logs: RUNS_ROOT/logs/SUITE_ARM_seedSEED.log.
 set -euo pipefail
