@@ -45,18 +45,19 @@ from contextseg.models.multiscale import LEARNED_MERGES, MultiScale, configure_i
 
 
 class Timed(nn.Module):
-    """Wraps a model; sums the wall seconds and images of its forward calls (CUDA synchronised)."""
+    """Wraps a model; sums the wall seconds and images of its forward calls (CUDA synchronised). The wrapped
+    model is ``.model``, where ``align_corners_of`` finds its setting for the evaluator's final resize."""
 
-    def __init__(self, inner: nn.Module, device: torch.device):
+    def __init__(self, model: nn.Module, device: torch.device):
         super().__init__()
-        self.inner, self.device = inner, device
+        self.model, self.device = model, device
         self.seconds, self.images, self.enabled = 0.0, 0, True
 
     def forward(self, x):
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
-        out = self.inner(x)
+        out = self.model(x)
         sync()
         if self.enabled:
             self.seconds += time.perf_counter() - t0

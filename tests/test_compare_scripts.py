@@ -5,8 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from contextseg.engine.hardware import cpu_model
+from contextseg.models.resize import align_corners_of
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "configs" / "synthetic_fcn.yaml")  # no head options: every suite swaps the head
@@ -25,6 +28,15 @@ def _load(name):
 
 compare = _load("compare")
 multiscale_eval = _load("multiscale_eval")
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_timing_wrapper_keeps_the_models_align_corners(value):
+    # the evaluator resizes logits to the label with the model's setting; the timing wrapper must not hide it
+    # (it did: every multi-scale row of an align_corners=True checkpoint was resized with False, ~0.2 mIoU off)
+    model = nn.Conv2d(3, 2, 1)
+    model.align_corners = value
+    assert align_corners_of(multiscale_eval.Timed(model, torch.device("cpu"))) is value
 
 
 def _run_compare(tmp_path, suite, only, *extra):

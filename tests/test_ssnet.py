@@ -340,3 +340,13 @@ def test_pseudo_labels_and_both_stage2_routes(stage1, tmp_path):
     assert records[0]["step"] == 2 and records[-1]["kind"] == "val"  # two training steps, then the evaluation
     ckpt = load_checkpoint(s2 / "best.pt")
     assert ckpt["model_args"]["seg_head"] == "aspp_l" and ckpt["model_args"]["cls_head"] == "fc"
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_class_channels_keeps_the_models_align_corners(value):
+    # the segmentation metrics resize SSNet's logits through this wrapper with the model's own setting
+    from contextseg.models.resize import align_corners_of
+    from contextseg.tasks.weak.task import ClassChannels
+    model = torch.nn.Conv2d(3, 3, 1)
+    model.align_corners = value
+    assert align_corners_of(ClassChannels(model, ClassLayout(["a", "b"]))) is value

@@ -38,8 +38,9 @@ def set_align_corners(model: nn.Module, value: bool) -> nn.Module:
 
 
 def align_corners_of(model, default: bool = LEGACY_ALIGN_CORNERS) -> bool:
-    """The model's setting (through DDP / compile / inference wrappers); ``default`` for foreign modules."""
-    for attr in ("module", "_orig_mod", "source"):
+    """The model's setting, looked up through DDP / compile / inference wrappers (``.module``, ``._orig_mod``,
+    ``.source``, ``.model``); ``default`` for foreign modules."""
+    for attr in ("module", "_orig_mod", "source", "model"):
         if not hasattr(model, "align_corners") and isinstance(getattr(model, attr, None), nn.Module):
             model = getattr(model, attr)
     return bool(getattr(model, "align_corners", default))
