@@ -3,12 +3,12 @@
 # GPU. SUITE=heads (default): OCR against FCN, PSP, ASPP, DANet and self-attention, about ten minutes on one H200
 # with 16 CPU cores at the default 2000 iterations (the data loaders, not the GPU, set the pace). SUITE=merges:
 # average, max, Attention to Scale and hierarchical merges over the scales 0.5 and 1 (each with its reference's
-# per-scale supervision; on the CPU a merge run costs 2 to 3 times a single-scale one). Not run yet: no GPU has been lent to this project so
-# far; the CPU figures (CamVid at half size) are in docs/results.md.
+# per-scale supervision; on the CPU a merge run cost 1.2 to 2.2 times a single-scale one, docs/results.md). Not run
+# yet: no GPU has been lent to this project so far; the CPU figures (CamVid at half size) are in docs/results.md.
 #
-#   bash benchmarks/gpu_claims.sh                         # ITERS=2000 SEEDS="0 1" ARMS="fcn ocr psp aspp danet nonlocal"
+#   bash benchmarks/gpu_claims.sh          # ITERS=2000 SEEDS="0 1" ARMS="fcn ocr psp aspp danet nonlocal"
 #   ITERS=4000 ARMS="fcn ocr" bash benchmarks/gpu_claims.sh
-#   SUITE=merges bash benchmarks/gpu_claims.sh            # ARMS="avg max attention hierarchical", baseline avg
+#   SUITE=merges bash benchmarks/gpu_claims.sh   # ARMS="avg max attention hierarchical", baseline avg
 #
 # Runs go to runs/claims_gpu (resumable: run it again after a kill), the table, curves and verdicts to
 # benchmarks/results/camvid_gpu/compare_SUITE.{md,json,png}.

@@ -23,6 +23,8 @@ from contextseg.errors import ContextSegError
 from contextseg.models import create_model
 from contextseg.models.heads.aspp_l import ASPPLHead
 from contextseg.models.heads.ssnet import aggregate_saliency
+from contextseg.models.resize import align_corners_of
+from contextseg.tasks.weak.task import ClassChannels, SaliencyMap
 from contextseg.losses.ssnet import SSNetLoss, saliency_nll
 
 CFG = "configs/weak/ssnet_synthetic.yaml"
@@ -344,9 +346,12 @@ def test_pseudo_labels_and_both_stage2_routes(stage1, tmp_path):
 
 @pytest.mark.parametrize("value", [True, False])
 def test_class_channels_keeps_the_models_align_corners(value):
-    # the segmentation metrics resize SSNet's logits through this wrapper with the model's own setting
-    from contextseg.models.resize import align_corners_of
-    from contextseg.tasks.weak.task import ClassChannels
+    # the segmentation and saliency metrics resize SSNet's outputs through these wrappers with the model's own
+    # setting, also when the model itself is wrapped again (DDP's .module, torch.compile's ._orig_mod)
     model = torch.nn.Conv2d(3, 3, 1)
     model.align_corners = value
     assert align_corners_of(ClassChannels(model, ClassLayout(["a", "b"]))) is value
+    assert align_corners_of(SaliencyMap(model)) is value
+    ddp_like = torch.nn.Module()
+    ddp_like.module = model
+    assert align_corners_of(ClassChannels(ddp_like, ClassLayout(["a", "b"]))) is value

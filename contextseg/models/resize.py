@@ -38,9 +38,12 @@ def set_align_corners(model: nn.Module, value: bool) -> nn.Module:
 
 
 def align_corners_of(model, default: bool = LEGACY_ALIGN_CORNERS) -> bool:
-    """The model's setting, looked up through DDP / compile / inference wrappers (``.module``, ``._orig_mod``,
-    ``.source``, ``.model``); ``default`` for foreign modules."""
-    for attr in ("module", "_orig_mod", "source", "model"):
-        if not hasattr(model, "align_corners") and isinstance(getattr(model, attr, None), nn.Module):
-            model = getattr(model, attr)
+    """The model's setting, looked up through DDP / compile / inference wrappers nested in any order (``.module``,
+    ``._orig_mod``, ``.source``, ``.model``); ``default`` for foreign modules."""
+    while not hasattr(model, "align_corners"):
+        inner = next((getattr(model, a) for a in ("module", "_orig_mod", "source", "model")
+                      if isinstance(getattr(model, a, None), nn.Module)), None)
+        if inner is None:
+            break
+        model = inner
     return bool(getattr(model, "align_corners", default))

@@ -32,7 +32,6 @@ from ...engine.runtime import select_device
 from ...errors import ContextSegError
 from ...losses import SSNetLoss
 from ...metrics import format_table
-from ...models.resize import align_corners_of
 from ...onnx_graph import is_onnx
 from ..base import Setup, Task, one_pt_checkpoint, refuse_inference_options
 from ..saliency import score_maps
@@ -137,8 +136,7 @@ class SaliencyMap(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
-        self.align_corners = align_corners_of(model)
+        self.model = model  # align_corners_of(SaliencyMap) finds the model's setting here
         self.train(model.training)
 
     def forward(self, x):
