@@ -123,10 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("checkpoint", metavar="CKPT")
     x.add_argument("--out", required=True, metavar="ONNX", help="the file to write, e.g. model.onnx (an existing file "
                    "is replaced only if contextseg exported it)")
-    x.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
-                   help="example input size the graph is traced at (default 512 512)")
+    x.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="example input size the graph is traced at (default 512 512; a classifier: its training "
+                        "crop, the only size its graph takes)")
     x.add_argument("--output", choices=["logits", "labels"], default="logits",
-                   help="graph output: logits (B, K, H, W) or argmax labels (B, H, W) int64")
+                   help="graph output: logits (B, K, H, W) or argmax labels (B, H, W) int64 (a classifier: (B, K) "
+                        "or (B,))")
     x.add_argument("--static", action="store_true", help="fixed batch 1 and --size (default: dynamic B, H, W)")
     x.add_argument("--opset", type=int, default=18)
     x.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto")
@@ -301,15 +303,18 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
+    from pathlib import Path
+
     from .engine.checkpoint import load_checkpoint
-    from .onnx_graph import is_onnx
+    from .onnx_graph import is_onnx, onnx_task
     from .tasks import TASKS, task_for_checkpoint
 
     if args.model:
         args.checkpoint = [args.model if args.model.startswith("zoo:") else f"zoo:{args.model}"]
     first = args.checkpoint[0]
     loaded = None if is_onnx(first) else load_checkpoint(first)  # read once: its config names the task
-    task = TASKS["segmentation"] if loaded is None else task_for_checkpoint(loaded)
+    task = TASKS[onnx_task(first) if Path(first).is_file() else "segmentation"] if loaded is None \
+        else task_for_checkpoint(loaded)
     if args.max_pixels < 0:
         raise ContextSegError(f"--max-pixels must be >= 0 (0: never switch to sliding windows), got {args.max_pixels}")
     options = dict(device=args.device, amp=args.amp, alpha=args.alpha, backend=args.backend,
@@ -385,9 +390,16 @@ def _env(args) -> int:
 def _export(args) -> int:
     from .export import check_export_target, export_onnx
 
+    from pathlib import Path
+
+    from .engine.checkpoint import load_checkpoint
+    from .onnx_graph import is_onnx
+
     check_export_target(args.out, args.checkpoint)  # never over the checkpoint, before reading it
-    model = _dense_model(args.checkpoint, "export")
-    report = export_onnx(args.checkpoint if model is None else model, args.out, size=args.size, output=args.output,
+    source = args.checkpoint
+    if (Path(source).is_file() or source.startswith("zoo:")) and not is_onnx(source):
+        source = load_checkpoint(source)  # read once; its config gives a classifier's input size
+    report = export_onnx(source, args.out, size=args.size, output=args.output,
                          dynamic=not args.static, opset=args.opset, exporter=args.exporter, scales=args.scales,
                          merge=args.merge, flip=args.flip)
     print(report.summary())
@@ -396,7 +408,7 @@ def _export(args) -> int:
 
 def _dense_model(model: str, command: str):
     """The model of a checkpoint file or zoo:NAME, its file read once (None for an .onnx file or ARCH:BACKBONE);
-    a classifier is refused: export and bench handle dense-prediction models only (classifiers output (B, K))."""
+    a classifier is refused: bench handles dense-prediction models only (classifiers output (B, K))."""
     from pathlib import Path
 
     from .engine.checkpoint import load_checkpoint, model_from_checkpoint

@@ -21,18 +21,20 @@ OUTPUTS = ("logits", "labels")
 
 
 class DeployModel(nn.Module):
-    """(B, 3, H, W) normalised image -> logits (B, K, H, W) at the input size, or labels (B, H, W) int64."""
+    """(B, 3, H, W) normalised image -> logits (B, K, H, W) at the input size, or labels (B, H, W) int64; for an
+    image classifier (``classifier=True``: its "out" is (B, K)) logits (B, K) or labels (B,)."""
 
-    def __init__(self, model: nn.Module, output: str = "logits"):
+    def __init__(self, model: nn.Module, output: str = "logits", classifier: bool = False):
         super().__init__()
         if output not in OUTPUTS:
             raise ContextSegError(f"unknown export output {output!r}; choose one of {', '.join(OUTPUTS)}")
-        self.model, self.output = model, output
+        self.model, self.output, self.classifier = model, output, classifier
         self.align_corners = align_corners_of(model)  # the upsampling the model was trained with
 
     def forward(self, image: Tensor) -> Tensor:
         logits = self.model(image)["out"]
-        logits = resize(logits, image.shape[-2:], self.align_corners)
+        if not self.classifier:
+            logits = resize(logits, image.shape[-2:], self.align_corners)
         return logits.argmax(1) if self.output == "labels" else logits
 
 
@@ -51,9 +53,13 @@ def require(module: str):
 
 
 def export_graph(module: nn.Module, example: Tensor, path: Path, dynamic: bool, opset: int, exporter: str) -> None:
-    """Write ``module``'s graph for the ``example`` input to ``path`` (dynamic batch/height/width if ``dynamic``)."""
+    """Write ``module``'s graph for the ``example`` input to ``path`` (dynamic batch/height/width if ``dynamic``;
+    a classifier's graph has a dynamic batch only: it takes images of its training size)."""
     out_name = module.output
-    axes = {0: "batch", 1: "height", 2: "width"} if out_name == "labels" else {0: "batch", 2: "height", 3: "width"}
+    classifier = getattr(module, "classifier", False)
+    axes = {0: "batch"} if classifier else \
+        {0: "batch", 1: "height", 2: "width"} if out_name == "labels" else {0: "batch", 2: "height", 3: "width"}
+    in_axes = {0: "batch"} if classifier else {0: "batch", 2: "height", 3: "width"}
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" and the like
@@ -62,8 +68,9 @@ def export_graph(module: nn.Module, example: Tensor, path: Path, dynamic: bool, 
             warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes
             if exporter == "dynamo":
                 require("onnxscript")
-                dims = ({0: torch.export.Dim("batch", min=1, max=256), 2: torch.export.Dim("height", min=16, max=8192),
-                         3: torch.export.Dim("width", min=16, max=8192)},) if dynamic else None
+                dims = {0: torch.export.Dim("batch", min=1, max=256), 2: torch.export.Dim("height", min=16, max=8192),
+                        3: torch.export.Dim("width", min=16, max=8192)}
+                dims = ({k: v for k, v in dims.items() if k in in_axes},) if dynamic else None
                 program = torch.onnx.export(module, (example,), dynamo=True, input_names=["image"],
                                             output_names=[out_name], dynamic_shapes=dims, opset_version=opset,
                                             verbose=False)
@@ -71,17 +78,29 @@ def export_graph(module: nn.Module, example: Tensor, path: Path, dynamic: bool, 
             else:
                 torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=["image"],
                                   output_names=[out_name], opset_version=opset,
-                                  dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, out_name: axes}
-                                  if dynamic else None)
+                                  dynamic_axes={"image": in_axes, out_name: axes} if dynamic else None)
     finally:
         quiet.setLevel(level)
 
 
+def onnx_task(path) -> str:
+    """The task an exported file serves, from its metadata: "classification" for an image classifier, else
+    "segmentation" (dense models, saliency included, run through the segmentation predictor)."""
+    onnx = require("onnx")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX: OnnxModel says so in one line when the task opens it
+        return "segmentation"
+    return next((p.value for p in proto.metadata_props if p.key == "task"), "segmentation")
+
+
 class OnnxModel(nn.Module):
     """An exported ONNX file run by onnxruntime behind the model contract: (B, 3, H, W) normalised float batch ->
-    {"out": (B, K, H, W)} logits at the input size. So ``Predictor``, ``contextseg eval`` and ``contextseg predict``
-    take ``.onnx`` files as they take checkpoints. Classes and palette come from the file's metadata; no parameters
-    (``.to()`` and ``.eval()`` are no-ops; inference runs on onnxruntime's CPU provider unless ``providers``)."""
+    {"out": (B, K, H, W)} logits at the input size, or {"out": (B, K)} for an image classifier (``task`` is then
+    "classification" and ``input_size`` the (H, W) its graph takes). So ``Predictor``, ``contextseg eval`` and
+    ``contextseg predict`` take ``.onnx`` files as they take checkpoints. Classes and palette come from the file's
+    metadata; no parameters (``.to()`` and ``.eval()`` are no-ops; inference runs on onnxruntime's CPU provider
+    unless ``providers``)."""
 
     def __init__(self, path: str | Path, providers=None, threads: int | None = None):
         super().__init__()
@@ -108,6 +127,8 @@ class OnnxModel(nn.Module):
                                   f"than contextseg's data pipeline")
         shape = self.session.get_inputs()[0].shape
         self.in_channels = shape[1] if isinstance(shape[1], int) else 3
+        self.task = meta.get("task", "segmentation")
+        self.input_size = tuple(json.loads(meta["input_size"])) if "input_size" in meta else None
         self.classes = json.loads(meta["classes"]) if "classes" in meta else None
         self.palette = json.loads(meta["palette"]) if "palette" in meta else None
         out_channels = self.session.get_outputs()[0].shape[1]
@@ -118,5 +139,8 @@ class OnnxModel(nn.Module):
                                   f"export it again with `contextseg export`")
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if self.input_size and tuple(x.shape[-2:]) != self.input_size:
+            raise ContextSegError(f"this exported classifier takes {self.input_size[0]}x{self.input_size[1]} images "
+                                  f"(its training crop), got {x.shape[-2]}x{x.shape[-1]}: resize them first")
         logits = self.session.run(None, {"image": x.detach().float().cpu().contiguous().numpy()})[0]
         return {"out": torch.from_numpy(logits).to(x.device)}

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 pytestmark = pytest.mark.slow  # exports take seconds each; CI runs them (make test with CI=true)
 
-from contextseg import ContextSegError, Predictor, create_model  # noqa: E402
+from contextseg import ContextSegError, Predictor, create_model, load_model  # noqa: E402
 from contextseg.cli import main  # noqa: E402
 from contextseg.data.synthetic import write_synthetic_folder  # noqa: E402
 from contextseg.export import OnnxModel, OnnxPredictor, export_onnx  # noqa: E402
@@ -62,6 +62,36 @@ def test_eval_and_predict_take_onnx_files(trained, tmp_path, capsys):
     assert main(["predict", str(root / "data" / "val" / "images"), "--checkpoint", str(root / "model.onnx"),
                  "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
     assert np.array(Image.open(tmp_path / "pred" / "00000.png")).shape == (48, 64)
+
+
+def test_a_classifier_exports_at_its_crop_and_eval_and_predict_take_the_file(tmp_path, capsys):
+    """zoo:cifar10-saol exports at its training crop (32x32, read from the checkpoint's config) with a dynamic
+    batch; onnxruntime matches PyTorch, another size is one clear error, and eval and predict take the file with
+    the checkpoint's results (the manifest's top-1 on the shipped samples, the same classes)."""
+    from contextseg.engine.zoo import manifest, zoo_dir
+    from contextseg.tasks import TASKS
+    from contextseg.zoo_pack import sample_config
+
+    path = tmp_path / "saol.onnx"
+    assert main(["export", "zoo:cifar10-saol", "--out", str(path)]) == 0
+    assert "on 32x32" in capsys.readouterr().out
+    model = OnnxModel(path)
+    assert (model.task, model.input_size, model.num_classes) == ("classification", (32, 32), 10)
+    x = torch.randn(5, 3, 32, 32)  # a batch size never traced
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["out"], load_model("zoo:cifar10-saol")(x)["out"], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ContextSegError, match="takes 32x32 images"):
+        model(torch.randn(1, 3, 40, 40))
+    entry = manifest()["cifar10-saol"]
+    got = TASKS["classification"].evaluate_checkpoint(sample_config(entry, zoo_dir()), str(path), progress=False)
+    assert got["top1"] == pytest.approx(entry["samples"]["metrics"]["top1"], abs=2e-3)
+    images = [str(p) for p in sorted((zoo_dir() / entry["samples"]["root"] / "val").rglob("*.jpg"))[:4]]
+    classes = []
+    for name, ckpt in (("onnx", str(path)), ("pt", "zoo:cifar10-saol")):
+        assert main(["predict", *images, "--checkpoint", ckpt, "--out", str(tmp_path / name), "--amp", "none",
+                     "--no-progress"]) == 0
+        classes.append([r["class"] for r in json.loads((tmp_path / name / "predictions.json").read_text())])
+    assert classes[0] == classes[1] and len(classes[0]) == 4
 
 
 def test_labels_output_torchscript_static(tmp_path):

@@ -30,9 +30,10 @@ from ..engine.runtime import autocast, select_device
 from ..errors import ContextSegError
 from ..losses import WithSourceLogits, build_classification_loss
 from ..metrics import accuracy_from_confusion, confusion_matrix
+from ..onnx_graph import OnnxModel, is_onnx
 from ..registry import CLASSIFIERS
 from ..visualize import heatmap
-from .base import Setup, Task, loadable_samples, one_pt_checkpoint, refuse_inference_options, require_val_set
+from .base import Setup, Task, loadable_samples, refuse_inference_options, require_val_set
 
 DISTORT_VAL_SEED = 0  # data.kwargs.distort: the validation images' distortions (the same in every run)
 
@@ -73,7 +74,10 @@ class ClassificationTask(Task):
 
     def evaluate(self, cfg: Config, checkpoints: list[str], progress: bool, backend: str | None,
                  inference: dict) -> tuple[dict, dict]:
-        checkpoint = one_pt_checkpoint(checkpoints, "classification")
+        if len(checkpoints) != 1:
+            raise ContextSegError("classification checkpoints are evaluated one at a time (a .pt file, zoo:NAME or "
+                                  "an exported .onnx file)")
+        checkpoint = checkpoints[0]
         skip_bad = inference.pop("skip_bad", False)
         refuse_inference_options(inference, "a classifier")
         _, val_set = build_datasets(cfg, train=False)
@@ -152,7 +156,8 @@ def evaluate_classification(model, loader, num_classes: int, classes=None, runti
 @torch.no_grad()
 def predict_files(checkpoint, inputs, out_dir, device: str = "auto", amp: str = "none", progress: bool = True,
                   skip_bad: bool = False) -> list:
-    """Classify images with a checkpoint (a path or a ``load_checkpoint`` dict): prints ``NAME: class (prob)`` per
+    """Classify images with a checkpoint (a path, zoo:NAME, a ``load_checkpoint`` dict, or an exported .onnx file,
+    run by onnxruntime on the CPU: class and probability only, no attention picture): prints ``NAME: class (prob)`` per
     image, writes OUT/predictions.json and, for a SAOL model, OUT/STEM_attention.png (the image beside its spatial
     attention map, upsampled bilinearly and shown as a heatmap scaled to its maximum); for a model with a spatial
     transformer, OUT/STEM_stn.png (the image beside the transformed image its backbone saw; ``stn_picture``) and
@@ -170,10 +175,14 @@ def predict_files(checkpoint, inputs, out_dir, device: str = "auto", amp: str = 
                               f"--skip-bad to predict the other images and list the unreadable ones")
     skipped, skip = list(bad), {p for p, _ in bad}
     stems = output_stems(images, ("_attention", "_stn"))
-    dev = select_device(device)
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt, dev, source=str(checkpoint) if not isinstance(checkpoint, dict) else "")
-    crop = tuple((ckpt.get("config") or {}).get("data", {}).get("crop_size") or ())
+    if not isinstance(checkpoint, dict) and is_onnx(checkpoint):
+        dev, model = torch.device("cpu"), OnnxModel(checkpoint)
+        crop = tuple(model.input_size or ())
+    else:
+        dev = select_device(device)
+        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        model = model_from_checkpoint(ckpt, dev, source=str(checkpoint) if not isinstance(checkpoint, dict) else "")
+        crop = tuple((ckpt.get("config") or {}).get("data", {}).get("crop_size") or ())
     classes = model.classes or [str(i) for i in range(model.num_classes)]
     transform = eval_transform()
     make_folder(out_dir)
