@@ -206,8 +206,12 @@ def exported_by_contextseg(path) -> bool:
 
 
 def OnnxPredictor(path: str | Path, providers=None, threads: int | None = None) -> Predictor:  # noqa: N802
-    """``Predictor`` on an exported ONNX file: ``predict``, ``predict_proba``, ``predict_files``."""
-    return Predictor(OnnxModel(path, providers, threads), device="cpu")
+    """``Predictor`` on an exported ONNX file of a dense model: ``predict``, ``predict_proba``, ``predict_files``."""
+    model = OnnxModel(path, providers, threads)
+    if model.task == "classification":
+        raise ContextSegError(f"{path} is an image classifier; classify with `contextseg predict IMAGES --checkpoint "
+                              f"{path} --out DIR`, or OnnxModel(path)(x)['out'] for (B, K) logits")
+    return Predictor(model, device="cpu")
 
 
 __all__ = ["export_onnx", "OnnxModel", "OnnxPredictor", "DeployModel", "ExportReport", "check_export_target"]

@@ -82,6 +82,8 @@ def test_a_classifier_exports_at_its_crop_and_eval_and_predict_take_the_file(tmp
         torch.testing.assert_close(model(x)["out"], load_model("zoo:cifar10-saol")(x)["out"], atol=1e-4, rtol=1e-4)
     with pytest.raises(ContextSegError, match="takes 32x32 images"):
         model(torch.randn(1, 3, 40, 40))
+    with pytest.raises(ContextSegError, match="is an image classifier"):
+        OnnxPredictor(path)
     entry = manifest()["cifar10-saol"]
     got = TASKS["classification"].evaluate_checkpoint(sample_config(entry, zoo_dir()), str(path), progress=False)
     assert got["top1"] == pytest.approx(entry["samples"]["metrics"]["top1"], abs=2e-3)
