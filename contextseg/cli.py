@@ -140,7 +140,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "every mode and backend this machine offers")
     b.add_argument("model", metavar="CKPT_OR_ARCH:BACKBONE",
                    help="a checkpoint, or e.g. ocr:hrnetv2_w18_small_v2 for a freshly initialised model")
-    b.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    b.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="input size (default 512 512; a classifier: its training crop, 32 32 for ARCH:BACKBONE)")
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--num-classes", type=int, default=19, help="for ARCH:BACKBONE (default 19)")
     b.add_argument("--repeats", type=int, default=10)
@@ -406,50 +407,50 @@ def _export(args) -> int:
     return 0
 
 
-def _dense_model(model: str, command: str):
-    """The model of a checkpoint file or zoo:NAME, its file read once (None for an .onnx file or ARCH:BACKBONE);
-    a classifier is refused: bench handles dense-prediction models only (classifiers output (B, K))."""
+def _checkpoint_model(model: str):
+    """(the model, its training crop) of a checkpoint file or zoo:NAME, its file read once; (None, None) for an
+    .onnx file or ARCH:BACKBONE."""
     from pathlib import Path
 
     from .engine.checkpoint import load_checkpoint, model_from_checkpoint
     from .onnx_graph import is_onnx
-    from .registry import CLASSIFIERS
-    from .tasks import task_for_checkpoint
 
-    loaded = None
     if (Path(model).is_file() or model.startswith("zoo:")) and not is_onnx(model):
         ckpt = load_checkpoint(model)
-        classifier = task_for_checkpoint(ckpt).name == "classification"
-        loaded = None if classifier else model_from_checkpoint(ckpt, source=model)
-    else:
-        classifier = model.split(":", 1)[0] in CLASSIFIERS
-    if classifier:
-        raise ContextSegError(f"`contextseg {command}` does not take image classifiers (saol, gap) yet; it handles "
-                              f"dense-prediction models")
-    return loaded
+        return model_from_checkpoint(ckpt, source=model), ((ckpt.get("config") or {}).get("data") or {}).get("crop_size")
+    return None, None
 
 
 def _bench(args) -> int:
+    from pathlib import Path
+
     import torch
 
     from .engine.bench import benchmark, settle_batchnorm
     from .engine.checkpoint import load_model
     from .models import create_model
+    from .registry import is_classifier
 
-    from pathlib import Path
-
-    model = _dense_model(args.model, "bench")  # a checkpoint's model, read once
+    model, crop = _checkpoint_model(args.model)  # a checkpoint's model, read once
+    fresh = False
     if model is None and (Path(args.model).suffix.lower() in (".pt", ".pth") or Path(args.model).is_file()):
         model = load_model(args.model)  # an .onnx file, or a checkpoint path that does not exist (its error)
     elif model is None and ":" in args.model:
         arch, backbone = args.model.split(":", 1)
-        model = create_model(arch, backbone=backbone, num_classes=args.num_classes)
-        settle_batchnorm(model, torch.randn(2, getattr(model, "in_channels", 3), *args.size))
+        model, fresh = create_model(arch, backbone=backbone, num_classes=args.num_classes), True
     elif model is None:
         raise ContextSegError(f"{args.model!r} is neither a checkpoint file nor ARCH:BACKBONE (e.g. "
                               f"ocr:hrnetv2_w18_small_v2; `contextseg models` lists the names)")
     if args.batch < 1 or args.repeats < 1:
         raise ContextSegError("--batch and --repeats must be >= 1")
+    classifier = is_classifier(model)
+    if classifier and args.val:
+        raise ContextSegError("--val reports the mIoU change of dense models; for a classifier compare "
+                              "`contextseg eval CONFIG --checkpoint CKPT` with the exported .onnx file")
+    default = (crop or getattr(model, "input_size", None) or (32, 32)) if classifier else (512, 512)
+    args.size = list(args.size or default)
+    if fresh:
+        settle_batchnorm(model, torch.randn(2, getattr(model, "in_channels", 3), *args.size))
     from .engine.bench import default_train_modes
     from .engine.outputs import image_batches
     from .engine.env_report import environment

@@ -35,7 +35,7 @@ from .engine.predictor import Predictor
 from .errors import ContextSegError
 from .models.multiscale import configure_inference
 from .onnx_graph import DeployModel, OnnxModel, export_graph, is_onnx, require
-from .registry import CLASSIFIERS
+from .registry import is_classifier
 from .visualize import default_palette
 
 PRODUCER = "contextseg"  # the metadata mark of a file export_onnx wrote: only such a file is replaced
@@ -89,7 +89,7 @@ def export_onnx(model, path: str | Path, size=None, output: str = "logits", dyna
     if isinstance(model, dict):
         crop = ((model.get("config") or {}).get("data") or {}).get("crop_size")
         model = model_from_checkpoint(model, source=str(source or "checkpoint"))
-    classifier = getattr(model, "init_args", {}).get("arch") in CLASSIFIERS
+    classifier = is_classifier(model)
     if classifier:
         if scales or merge or flip:
             raise ContextSegError("test-time options (scales, merge, flip) are for dense models; export the "

@@ -33,7 +33,7 @@ class DeployModel(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         logits = self.model(image)["out"]
-        if not self.classifier:
+        if logits.dim() == 4:  # a classifier's (B, K) stays as it is
             logits = resize(logits, image.shape[-2:], self.align_corners)
         return logits.argmax(1) if self.output == "labels" else logits
 

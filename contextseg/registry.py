@@ -47,3 +47,9 @@ HEADS = Registry("model")  # segmentation architectures: "fcn", "ocr", ... (back
 CLASSIFIERS = Registry("model")  # image classification output layers: "saol", "gap" (create_model takes both)
 DATASETS = Registry("dataset")
 LOSSES = Registry("loss")
+
+
+def is_classifier(model) -> bool:
+    """True for an image classifier built by ``create_model`` (its "out" is (B, K) class logits, not a map)."""
+    return (getattr(model, "init_args", None) or {}).get("arch") in CLASSIFIERS or \
+        getattr(model, "task", None) == "classification"  # an exported classifier behind OnnxModel

@@ -94,6 +94,10 @@ def test_a_classifier_exports_at_its_crop_and_eval_and_predict_take_the_file(tmp
                      "--no-progress"]) == 0
         classes.append([r["class"] for r in json.loads((tmp_path / name / "predictions.json").read_text())])
     assert classes[0] == classes[1] and len(classes[0]) == 4
+    assert main(["bench", "zoo:cifar10-saol", "--batch", "2", "--repeats", "1", "--warmup", "0", "--modes",
+                 "onnxruntime"]) == 0  # the backend's cached export of a classifier: (B, K), dynamic batch
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("infer onnxruntime")]
+    assert row and row[0].endswith("100.000%")
 
 
 def test_labels_output_torchscript_static(tmp_path):

@@ -90,14 +90,19 @@ def test_add_to_zoo_round_trip(tmp_path):
     assert ckpt["model_args"]["arch"] == "fcn" and ckpt["config"]["task"] == "segmentation"
 
 
-def test_bench_refuses_a_classifier_and_reads_a_checkpoint_once(capsys, monkeypatch):
-    """A classifier (zoo:cifar10-gap) is refused by bench with one line (export takes it: test_export.py); a dense
-    model's file is read once (the task check and the model come from one read)."""
+def test_bench_times_a_classifier_at_its_crop_and_reads_a_checkpoint_once(capsys, monkeypatch):
+    """A classifier (zoo:cifar10-gap) is timed at its 32x32 training crop, inference and a training step, every
+    mode agreeing with eager on every image; --val (an mIoU change) refuses it in one line; a checkpoint's file is
+    read once (the model and its crop come from one read)."""
     import contextseg.engine.checkpoint as checkpoint
 
-    assert main(["bench", "zoo:cifar10-gap"]) == 2
+    assert main(["bench", "zoo:cifar10-gap", "--batch", "3", "--repeats", "1", "--warmup", "0", "--modes", "eager",
+                 "torch", "--train", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 3 x 32x32" in out and out.count("100.000%") == 2 and "train fp32" in out
+    assert main(["bench", "zoo:cifar10-gap", "--val", "configs/cifar10/gap_resnet20.yaml"]) == 2
     err = capsys.readouterr().err
-    assert "does not take image classifiers" in err and "Traceback" not in err
+    assert "--val reports the mIoU change of dense models" in err and "Traceback" not in err
     reads = []
     original = checkpoint.load_checkpoint
     monkeypatch.setattr(checkpoint, "load_checkpoint", lambda *a, **k: reads.append(a[0]) or original(*a, **k))

@@ -39,6 +39,7 @@ from ..models.fuse import fuse_conv_bn
 from ..models.resize import DEFAULT_ALIGN_CORNERS, align_corners_of, resize
 from ..cache import cache_dir
 from ..onnx_graph import DeployModel, export_graph, require
+from ..registry import is_classifier
 from .hardware import backends_available, cpu_flags, cpu_model, isa_ceiling, native_bf16
 from .runtime import resolve_amp
 
@@ -89,7 +90,9 @@ class InferenceModel(nn.Module):
 
 def at_input_size(logits: torch.Tensor, size, align_corners: bool = DEFAULT_ALIGN_CORNERS) -> torch.Tensor:
     """float32 logits bilinearly resized to ``size`` (H, W), as prediction does (unchanged when already there); pass
-    the model's ``align_corners`` (``align_corners_of(model)``)."""
+    the model's ``align_corners`` (``align_corners_of(model)``). A classifier's (B, K) logits are only made float32."""
+    if logits.dim() != 4:
+        return logits.float()
     return resize(logits.float(), size, align_corners)
 
 
@@ -141,7 +144,7 @@ def onnx_export_cached(model: nn.Module, example: torch.Tensor) -> Path:
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    deploy = DeployModel(copy.deepcopy(model).float().eval().cpu()).eval()
+    deploy = DeployModel(copy.deepcopy(model).float().eval().cpu(), classifier=is_classifier(model)).eval()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=path.parent)
     os.close(fd)
     errors = []

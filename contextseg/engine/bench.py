@@ -13,7 +13,8 @@ Training modes (``train=True``; one SGD step on the batch with CE on every outpu
 
 A mode that cannot run here gives its row with ``skipped``: the one-line reason, never an exception. Each row has
 s_per_img, img_per_s, speed-up over eager fp32, GFLOP/s (from the model's FLOP count), and for inference the largest
-logit difference relative to the logit scale (``rel_diff``) and the share of pixels whose class agrees with fp32.
+logit difference relative to the logit scale (``rel_diff``) and the share of pixels (of images, for a classifier)
+whose class agrees with fp32.
 """
 from __future__ import annotations
 
@@ -197,7 +198,8 @@ def _speed(seconds: float, batch: int, base: float, gflops: float | None) -> dic
 
 def time_train_step(model: nn.Module, x: torch.Tensor, mode: str, repeats: int = 3, warmup: int = 1) -> float:
     """Median seconds of one SGD step (forward, CE on every output at the input size, backward, update) on a copy
-    of ``model`` in training ``mode`` (fp32 | fp32_cl | bf16_cl | compile)."""
+    of ``model`` in training ``mode`` (fp32 | fp32_cl | bf16_cl | compile). A classifier: CE on its (B, K)
+    outputs against random image labels."""
     dev = x.device
     if mode == "bf16_cl" and not native_bf16(dev)[0]:
         raise ContextSegError(f"{native_bf16(dev)[1]}; time it anyway with amp=bf16 in a training run")
@@ -217,10 +219,13 @@ def time_train_step(model: nn.Module, x: torch.Tensor, mode: str, repeats: int =
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mode == "bf16_cl"):
             out = forward(x)
         ac = align_corners_of(model)
-        loss = sum(F.cross_entropy(at_input_size(v, x.shape[-2:], ac), labels) if v.shape[1] > 1 else
-                   F.binary_cross_entropy_with_logits(at_input_size(v, x.shape[-2:], ac)[:, 0],
-                                                      labels.float().clamp(0, 1))
-                   for k, v in out.items() if v.dim() == 4)
+        if any(v.dim() == 2 for v in out.values()):  # a classifier: its class logits, one label per image
+            loss = sum(F.cross_entropy(v.float(), labels[:, 0, 0]) for v in out.values() if v.dim() == 2)
+        else:
+            loss = sum(F.cross_entropy(at_input_size(v, x.shape[-2:], ac), labels) if v.shape[1] > 1 else
+                       F.binary_cross_entropy_with_logits(at_input_size(v, x.shape[-2:], ac)[:, 0],
+                                                          labels.float().clamp(0, 1))
+                       for k, v in out.items() if v.dim() == 4)
         loss.backward()
         opt.step()
 
