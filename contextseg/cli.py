@@ -412,12 +412,12 @@ def _checkpoint_model(model: str):
     .onnx file or ARCH:BACKBONE."""
     from pathlib import Path
 
-    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from .engine.checkpoint import load_checkpoint, model_from_checkpoint, training_crop
     from .onnx_graph import is_onnx
 
     if (Path(model).is_file() or model.startswith("zoo:")) and not is_onnx(model):
         ckpt = load_checkpoint(model)
-        return model_from_checkpoint(ckpt, source=model), ((ckpt.get("config") or {}).get("data") or {}).get("crop_size")
+        return model_from_checkpoint(ckpt, source=model), training_crop(ckpt)
     return None, None
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .data.transforms import MEAN, STD
-from .engine.checkpoint import load_checkpoint, model_from_checkpoint, write_error
+from .engine.checkpoint import load_checkpoint, model_from_checkpoint, training_crop, write_error
 from .engine.predictor import Predictor
 from .errors import ContextSegError
 from .models.multiscale import configure_inference
@@ -87,7 +87,7 @@ def export_onnx(model, path: str | Path, size=None, output: str = "logits", dyna
     if source is not None:
         model = load_checkpoint(source)
     if isinstance(model, dict):
-        crop = ((model.get("config") or {}).get("data") or {}).get("crop_size")
+        crop = training_crop(model)
         model = model_from_checkpoint(model, source=str(source or "checkpoint"))
     classifier = is_classifier(model)
     if classifier:

@@ -133,6 +133,11 @@ def model_args(ckpt: dict) -> dict:
     return args
 
 
+def training_crop(ckpt: dict) -> list | None:
+    """The (H, W) crop a checkpoint's run trained on (its config's data.crop_size), None when it has no config."""
+    return ((ckpt.get("config") or {}).get("data") or {}).get("crop_size")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild a model from a contextseg checkpoint alone and load its weights (eval mode). An ``.onnx`` file
     (``contextseg export``) gives an ``OnnxModel``: onnxruntime behind the same contract, on the CPU."""

@@ -22,7 +22,7 @@ from ..data.classification import check_distort, distorted_eval_transform
 from ..data.transforms import denormalize
 from ..engine import distributed as dist_utils
 from ..engine.builders import build_model_for, eval_loader, load_for_eval
-from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, remove_stale_temps
+from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, remove_stale_temps, training_crop
 from ..engine.evaluator import EvalRuntime
 from ..engine.outputs import (FolderLock, check_output_folder, collect_images, make_folder, output_stems,
                               save_image, skipped_note, unreadable_images, write_text)
@@ -182,7 +182,7 @@ def predict_files(checkpoint, inputs, out_dir, device: str = "auto", amp: str = 
         dev = select_device(device)
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         model = model_from_checkpoint(ckpt, dev, source=str(checkpoint) if not isinstance(checkpoint, dict) else "")
-        crop = tuple((ckpt.get("config") or {}).get("data", {}).get("crop_size") or ())
+        crop = tuple(training_crop(ckpt) or ())
     classes = model.classes or [str(i) for i in range(model.num_classes)]
     transform = eval_transform()
     make_folder(out_dir)
