@@ -17,7 +17,7 @@ from ..models.resize import align_corners_of, resize
 from ..onnx_graph import is_onnx
 from ..visualize import colorize, default_palette, heatmap, overlay
 from .backends import CHOICES, prepare
-from .checkpoint import load_checkpoint, load_model, model_from_checkpoint, remove_stale_temps
+from .checkpoint import load_checkpoint, load_model, model_from_checkpoint, remove_stale_temps, training_crop
 from .outputs import (PREDICT_SUFFIXES, FolderLock, as_image_array, bad_image_error, check_output_folder,
                       collect_images, make_folder, output_stems, save_image, unreadable_images)
 from .runtime import autocast, select_device
@@ -31,7 +31,7 @@ DEFAULT_WINDOW = (1024, 1024)  # the sliding window when the training crop is un
 
 def crop_of(ckpt: dict):
     """The training crop (h, w) a checkpoint's config names, else None."""
-    crop = (((ckpt or {}).get("config") or {}).get("data") or {}).get("crop_size")
+    crop = training_crop(ckpt or {})
     try:
         h, w = (int(c) for c in crop)
     except (TypeError, ValueError):
