@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,6 +81,25 @@ def test_camvid_examples_names_and_header():
     assert ex.named("runs/compare/heads/psp/last.pt") == ("psp", "runs/compare/heads/psp/last.pt")
     strip = ex.header(["image", "ground truth", "psp"], width=100)
     assert strip.shape == (40, 300, 3) and (strip < 128).any()  # white, with dark text
+
+
+@pytest.mark.skipif(not (default_data_root() / "ecssd").is_dir(), reason="no ECSSD folder")
+def test_sod_examples_picture_of_the_zoo_model(tmp_path, monkeypatch):
+    """benchmarks/sod_examples.py: image | mask | one saliency map per checkpoint, real ECSSD val images."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports camvid_examples beside it
+    spec = importlib.util.spec_from_file_location("sod_examples", SCRIPT.parent / "sod_examples.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    out = tmp_path / "sod.png"
+    monkeypatch.setattr("sys.argv", ["sod_examples.py", "--checkpoint", "PFA=zoo:ecssd-saliency", "--indices", "0",
+                                     "1", "--size", "60", "80", "--out", str(out)])
+    ex.main()
+    from PIL import Image
+    picture = np.asarray(Image.open(out))
+    assert picture.shape == (40 + 2 * 60, 3 * 80, 3)
+    mask, saliency = picture[40:100, 80:160, 0], picture[40:100, 160:240, 0]
+    assert np.isin(mask, (0, 255)).mean() > 0.8 and len(np.unique(saliency)) > 10  # a (resized) mask, a graded map
+    assert np.corrcoef(mask.ravel(), saliency.ravel())[0, 1] > 0.2  # the zoo model sees image 0's object
 
 
 @pytest.mark.skipif(not (default_data_root() / "cifar10" / "train").is_dir(), reason="no CIFAR-10 folder")
