@@ -68,7 +68,8 @@ Per experiment, over its seeds: n, mean, spread (min..max, standard deviation), 
 - verdict against the suite's baseline, d = mean(experiment) - mean(baseline) (key metrics: higher is better),
   noise = the larger of the two arms' seed ranges (max - min): "better by D (holds)" if d > noise, "worse by D
   (does not hold)" if d < -noise, else "undecided (|d| within the seed spread N)"; "undecided (one seed)" when either
-  arm has fewer than two seeds. A claim is decided at a budget where the baseline's curve is flat.
+  arm has fewer than two seeds. An ablation arm (PFA without CA / SA) judges the removed part: worse than the
+  baseline is "the removed part helps: holds". A claim is decided at a budget where the baseline's curve is flat.
 
 Written to RESULTS_DIR (default benchmarks/results): compare_<suite>.json (runs and aggregates), compare_<suite>.md
 (the aggregate table, then the per-run table) and compare_<suite>_curves.png (the validation key metric against the
@@ -115,6 +116,7 @@ class Experiment:
     overrides: list[str]
     note: str
     default: bool = True  # in the suite without --only / --all
+    ablation: bool = False  # removes a part of the baseline: worse than it means the part helps (its claim holds)
 
 
 def _flow(value) -> str:
@@ -227,10 +229,12 @@ def suite_experiments(suite: str, base: Config, copy_paste_classes=CAMVID_RARE,
 
         return [
             Experiment("full", [], "PFA, channel and spatial attention (the base config)"),
-            Experiment("no_ca", attention(channel_attention=False), "PFA without channel attention (CA)"),
-            Experiment("no_sa", attention(spatial_attention=False), "PFA without spatial attention (SA)"),
+            Experiment("no_ca", attention(channel_attention=False), "PFA without channel attention (CA)",
+                       ablation=True),
+            Experiment("no_sa", attention(spatial_attention=False), "PFA without spatial attention (SA)",
+                       ablation=True),
             Experiment("no_attention", attention(channel_attention=False, spatial_attention=False),
-                       "PFA without CA and SA"),
+                       "PFA without CA and SA", ablation=True),
         ]
     if suite == "stn":
         return [
@@ -479,16 +483,17 @@ def _value(row: dict, key: str):
     return row.get("value", row.get(key))
 
 
-def verdict(values: list[float], base_values: list[float]) -> str:
-    """An experiment's seeds against the baseline's (higher is better): decided only beyond the seed spread."""
+def verdict(values: list[float], base_values: list[float], ablation: bool = False) -> str:
+    """An experiment's seeds against the baseline's (higher is better): decided only beyond the seed spread. For an
+    ablation (the baseline less one part) the claim is the part's: it holds when the ablation is worse."""
     if len(values) < 2 or len(base_values) < 2:
         return "undecided (one seed)"
     d = statistics.mean(values) - statistics.mean(base_values)
     noise = max(max(values) - min(values), max(base_values) - min(base_values))
     if d > noise:
-        return f"better by {100 * d:.2f} (holds)"
+        return f"better by {100 * d:.2f} ({'the removed part hurts: does not hold' if ablation else 'holds'})"
     if d < -noise:
-        return f"worse by {100 * -d:.2f} (does not hold)"
+        return f"worse by {100 * -d:.2f} ({'the removed part helps: holds' if ablation else 'does not hold'})"
     return f"undecided (|d| {100 * abs(d):.2f} within the seed spread {100 * noise:.2f})"
 
 
@@ -522,9 +527,9 @@ def _curve_cell(runs: list[dict]) -> str:
                      for r in off)
 
 
-def aggregate(rows: list[dict], order: list[str], baseline: str, key: str) -> list[dict]:
+def aggregate(rows: list[dict], order: list[str], baseline: str, key: str, ablations=frozenset()) -> list[dict]:
     """Per experiment (in ``order``) over its finished runs: n, seeds, mean, std, min, max, mean s/it, curve, and
-    the verdict against ``baseline``."""
+    the verdict against ``baseline`` (for the names in ``ablations``, an ablation's verdict)."""
     by_name: dict[str, list[dict]] = {}
     for r in rows:
         if r.get("status") != "failed" and isinstance(_value(r, key), (int, float)):
@@ -540,7 +545,7 @@ def aggregate(rows: list[dict], order: list[str], baseline: str, key: str) -> li
         elif not base_values:
             judged = f"- (no {baseline} run)"
         else:
-            judged = verdict(values, base_values)
+            judged = verdict(values, base_values, ablation=name in ablations)
         out.append({"name": name, "key_metric": key, "n": len(values), "seeds": [r.get("seed") for r in runs],
                     "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
                     "min": min(values), "max": max(values),
@@ -824,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     with _table_lock(out_dir / f".compare_{a.suite}.lock"):  # runs side by side merge into one table in turn
         rows = _with_earlier_rows(out_dir / f"compare_{a.suite}.json", a, rows, [e.name for e in known.values()])
         key, baseline = key_metric_of(rows), a.baseline or BASELINE[a.suite]
-        aggregates = aggregate(rows, list(known), baseline, key)
+        aggregates = aggregate(rows, list(known), baseline, key, {e.name for e in known.values() if e.ablation})
         curves = out_dir / f"compare_{a.suite}_curves.png"
         plotted = plot_curves(curves, a.suite, rows, key)
         report = {"suite": a.suite, "base": a.base, "overrides": a.overrides, "seeds": seeds, "key_metric": key,

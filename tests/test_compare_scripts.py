@@ -195,6 +195,11 @@ def test_verdict_decides_only_beyond_the_seed_spread():
     assert compare.verdict([0.49, 0.50], [0.50, 0.54]) == "undecided (|d| 2.50 within the seed spread 4.00)"
     assert compare.verdict([0.90], [0.40, 0.41]) == "undecided (one seed)"
     assert compare.verdict([0.90, 0.91], [0.40]) == "undecided (one seed)"
+    helps = "worse by 10.50 (the removed part helps: holds)"
+    assert compare.verdict([0.40, 0.41], [0.50, 0.52], ablation=True) == helps
+    hurts = "better by 10.50 (the removed part hurts: does not hold)"
+    assert compare.verdict([0.50, 0.52], [0.40, 0.41], ablation=True) == hurts
+    assert compare.verdict([0.50, 0.54], [0.49, 0.50], ablation=True).startswith("undecided")
 
 
 def test_curve_flat_rule(tmp_path):
