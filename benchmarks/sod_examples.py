@@ -16,12 +16,7 @@ from PIL import Image
 
 from contextseg import Predictor
 from contextseg.data import build_dataset
-
-
-def grey(values: np.ndarray) -> np.ndarray:
-    """(H, W) values in 0..1 (a mask 0/1, or probabilities) -> uint8 (H, W, 3) grey image, white = salient."""
-    g = (np.clip(values, 0, 1) * 255).round().astype(np.uint8)
-    return np.repeat(g[..., None], 3, axis=2)
+from contextseg.visualize import heatmap
 
 
 def main() -> None:
@@ -38,7 +33,8 @@ def main() -> None:
     rows = []
     for i in a.indices:
         image, mask = ds.raw(i)
-        cells = [image, grey(mask == 1)] + [grey(pred.predict_proba(image)[1].numpy()) for _, pred in models]
+        maps = [mask == 1] + [pred.predict_proba(image)[1].numpy() for _, pred in models]  # white = salient
+        cells = [image] + [heatmap(m, cmap="gray") for m in maps]
         rows.append(np.concatenate([np.asarray(Image.fromarray(c).resize((w, h), Image.BILINEAR)) for c in cells], 1))
     titles = ["image", "mask"] + [name for name, _ in models]
     grid = np.concatenate([header(titles, w)] + rows, 0)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from contextseg.data import default_data_root
 
@@ -94,7 +95,6 @@ def test_sod_examples_picture_of_the_zoo_model(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["sod_examples.py", "--checkpoint", "PFA=zoo:ecssd-saliency", "--indices", "0",
                                      "1", "--size", "60", "80", "--out", str(out)])
     ex.main()
-    from PIL import Image
     picture = np.asarray(Image.open(out))
     assert picture.shape == (40 + 2 * 60, 3 * 80, 3)
     mask, saliency = picture[40:100, 80:160, 0], picture[40:100, 160:240, 0]
