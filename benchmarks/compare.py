@@ -868,7 +868,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def _with_earlier_rows(path: Path, a, rows: list[dict], order: list[str]) -> list[dict]:
     """This run's rows plus the rows of other runs already in ``path`` from the same suite, base config and
     overrides (so ``--only danet`` or ``--seeds 1`` adds rows instead of replacing the table), in the suite's
-    order, seeds ascending."""
+    order, seeds ascending. A run skipped as done keeps its earlier row's status and session_wall_s."""
     if not path.is_file():
         return rows
     try:
@@ -877,7 +877,13 @@ def _with_earlier_rows(path: Path, a, rows: list[dict], order: list[str]) -> lis
         return rows
     if (earlier.get("suite"), earlier.get("base"), earlier.get("overrides")) != (a.suite, a.base, a.overrides):
         return rows
-    runs = {r.get("run", r.get("name")) for r in rows}  # rows written before seeds: "name" is the run
+    before = {r.get("run", r.get("name")): r for r in earlier.get("rows", [])}  # before seeds "name" was the run
+    for r in rows:  # a finished run skipped now keeps how it was made (trained, resumed) and its session's time
+        old = before.get(r.get("run"), {})
+        if r.get("status") == "skipped (done)" and old.get("status") in ("trained", "resumed") \
+                and old.get("run_dir") == r.get("run_dir"):
+            r.update({k: old[k] for k in ("status", "session_wall_s") if k in old})
+    runs = {r.get("run", r.get("name")) for r in rows}
     merged = rows + [r for r in earlier.get("rows", []) if r.get("run", r.get("name")) not in runs]
     rank = {n: i for i, n in enumerate(order)}
     return sorted(merged, key=lambda r: (rank.get(r.get("name"), len(rank)), r.get("seed") is not None,

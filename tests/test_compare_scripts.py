@@ -102,8 +102,11 @@ def test_compare_and_multiscale_eval(tmp_path):
         assert set(rows[name]["per_class_iou"]) == {"sky", "ground", "disc", "box", "triangle", "stripes"}
     # run again: done runs are skipped; a run without summary.json is resumed from last.pt
     (tmp_path / "runs" / "heads" / "psp" / "summary.json").unlink()
+    first_wall = rows["fcn"]["session_wall_s"]
     rows, _ = _run_compare(tmp_path, "heads", "fcn,psp")
-    assert rows["fcn"]["status"] == "skipped (done)" and rows["psp"]["status"] == "resumed"
+    assert rows["psp"]["status"] == "resumed"
+    # fcn was skipped as done: its row still says how it was made and how long that session took
+    assert rows["fcn"]["status"] == "trained" and rows["fcn"]["session_wall_s"] == first_wall
     # another budget in the same folder is refused (recorded as failed), not silently mixed into the table
     argv = ["heads", *TINY, "train.iters=3", "--base", BASE, "--only", "fcn", "--runs-root", str(tmp_path / "runs"),
             "--results-dir", str(tmp_path / "results"), "--no-progress"]
