@@ -884,7 +884,7 @@ def _with_earlier_rows(path: Path, a, rows: list[dict], order: list[str]) -> lis
                 and old.get("run_dir") == r.get("run_dir"):
             r.update({k: old[k] for k in ("status", "session_wall_s") if k in old})
     runs = {r.get("run", r.get("name")) for r in rows}
-    merged = rows + [r for r in earlier.get("rows", []) if r.get("run", r.get("name")) not in runs]
+    merged = rows + [r for k, r in before.items() if k not in runs]
     rank = {n: i for i, n in enumerate(order)}
     return sorted(merged, key=lambda r: (rank.get(r.get("name"), len(rank)), r.get("seed") is not None,
                                          r.get("seed") or 0))
