@@ -232,6 +232,24 @@ def test_error_label_out_of_range(tmp_path):
     assert ok[0, :3].tolist() == [255, 5, 3]
 
 
+def test_camvid_groups_merge_classes_and_ignore_the_rest(tmp_path):
+    for part in ("train", "trainannot"):
+        (tmp_path / part).mkdir()
+    mask = np.tile(np.arange(12, dtype=np.uint8), (4, 1))  # raw 0..10 = the classes, 11 = unlabelled
+    Image.fromarray(mask).save(tmp_path / "trainannot" / "a.png")
+    Image.fromarray(np.zeros((4, 12, 3), np.uint8)).save(tmp_path / "train" / "a.png")
+    groups = {"background": ["sky", "road", "building"], "car": ["car"], "person": ["pedestrian", "bicyclist"]}
+    ds = build_dataset("camvid", "train", root=tmp_path, groups=groups)
+    assert ds.classes == ["background", "car", "person"] and ds.palette[1] == (64, 0, 128)
+    row = ds[0][1][0].tolist()  # one value per raw class 0..11
+    #      sky  building pole road sidewalk tree sign fence car ped bic  unlabelled
+    assert row == [0, 0, 255, 0, 255, 255, 255, 255, 1, 2, 2, 255]
+    for bad, match in (({"a": ["cat"]}, "not a class"), ({"a": ["car"], "b": ["car"]}, "one only"),
+                       ({"a": []}, "no classes"), ({}, "must map")):
+        with pytest.raises(ContextSegError, match=match):
+            build_dataset("camvid", "train", root=tmp_path, groups=bad)
+
+
 # ----------------------------------------------------------------------------- real CamVid
 
 

@@ -355,3 +355,19 @@ def test_class_channels_keeps_the_models_align_corners(value):
     ddp_like = torch.nn.Module()
     ddp_like.module = model
     assert align_corners_of(ClassChannels(ddp_like, ClassLayout(["a", "b"]))) is value
+
+
+@pytest.mark.real_data
+def test_objects_on_background_config_on_real_camvid():
+    """configs/weak/ssnet_stage1_camvid_objects_half.yaml: CamVid as the paper's setting (objects on background)."""
+    root = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
+    if not (root / "train").is_dir():
+        pytest.skip(f"CamVid not found at {root}")
+    cfg = load_config("configs/weak/ssnet_stage1_camvid_objects_half.yaml")
+    seg_opts = {**cfg.data.kwargs["segmentation"], "root": root}
+    val = build_dataset("weak_saliency", "val", segmentation=seg_opts, saliency=None, background_class=0)
+    assert val.classes == ["background", "pole", "sign", "car", "pedestrian", "bicyclist"]
+    layout = ClassLayout(val.classes, val.palette, cfg.data.kwargs["background_class"])
+    assert layout.channel_to_class.tolist() == [0, 1, 2, 3, 4, 5]  # channel 0 is the background class
+    label = val[0][1]
+    assert set(label.unique().tolist()) <= {0, 1, 2, 3, 4, 5, 255} and (label == 0).float().mean() > 0.5

