@@ -14,9 +14,9 @@ from PIL import Image
 
 from contextseg.cli import main
 from contextseg.config import load_config
-from contextseg.data import build_dataset, write_synthetic_weak
-from contextseg.data.weak import (ClassLayout, derive_image_labels, load_image_labels, save_image_labels,
-                                  unpair)
+from contextseg.data import build_dataset, default_data_root, write_synthetic_weak
+from contextseg.data.weak import (ClassLayout, WeakSpec, derive_image_labels, load_image_labels,
+                                  save_image_labels, unpair)
 from contextseg.engine.checkpoint import load_checkpoint
 from contextseg.tasks.weak.pseudo_labels import channels_to_classes, pseudo_label, write_pseudo_labels
 from contextseg.errors import ContextSegError
@@ -360,14 +360,11 @@ def test_class_channels_keeps_the_models_align_corners(value):
 @pytest.mark.real_data
 def test_objects_on_background_config_on_real_camvid():
     """configs/weak/ssnet_stage1_camvid_objects_half.yaml: CamVid as the paper's setting (objects on background)."""
-    root = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
-    if not (root / "train").is_dir():
-        pytest.skip(f"CamVid not found at {root}")
-    cfg = load_config("configs/weak/ssnet_stage1_camvid_objects_half.yaml")
-    seg_opts = {**cfg.data.kwargs["segmentation"], "root": root}
-    val = build_dataset("weak_saliency", "val", segmentation=seg_opts, saliency=None, background_class=0)
+    if not (default_data_root() / "camvid" / "train").is_dir():
+        pytest.skip(f"CamVid not found in {default_data_root()}")
+    spec = WeakSpec.parse(load_config("configs/weak/ssnet_stage1_camvid_objects_half.yaml").data.kwargs)
+    val = spec.segmentation_set("val")
     assert val.classes == ["background", "pole", "sign", "car", "pedestrian", "bicyclist"]
-    layout = ClassLayout(val.classes, val.palette, cfg.data.kwargs["background_class"])
-    assert layout.channel_to_class.tolist() == [0, 1, 2, 3, 4, 5]  # channel 0 is the background class
+    assert spec.layout(val).channel_to_class.tolist() == [0, 1, 2, 3, 4, 5]  # channel 0 is the background class
     label = val[0][1]
     assert set(label.unique().tolist()) <= {0, 1, 2, 3, 4, 5, 255} and (label == 0).float().mean() > 0.5
