@@ -23,6 +23,7 @@ from contextseg.data import (
     train_transform,
     write_synthetic_folder,
 )
+from contextseg.data import synthetic as synthetic_module
 from contextseg.errors import ContextSegError
 
 COLOURS = np.array([(230, 20, 20), (20, 230, 20), (20, 20, 230), (230, 230, 20)], np.uint8)
@@ -115,6 +116,21 @@ def test_synthetic_is_deterministic_varies_and_covers_all_classes():
     assert x.shape == (3, 96, 128) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert str(ds.image_path(2)).endswith("00002.png")
     assert len(build_dataset("synthetic", "val", num_samples=3)) == 3
+
+
+def test_synthetic_scenes_are_drawn_once_and_kept_read_only(monkeypatch):
+    ds = SyntheticScenes(num_samples=3, seed=0)
+    im, lb = ds.raw(1)
+    assert ds.raw(1)[0] is im and ds.raw(-2)[1] is lb  # kept: the second read draws nothing
+    assert not im.flags.writeable and not lb.flags.writeable  # no transform can edit the kept pair
+    fresh = SyntheticScenes(num_samples=3, seed=0, split="train")
+    fresh._cache = None
+    assert np.array_equal(im, fresh.raw(1)[0]) and np.array_equal(lb, fresh.raw(1)[1])
+    x1, x2 = ds[1][0], ds[1][0]
+    assert torch.equal(x1, x2)
+    monkeypatch.setattr(synthetic_module, "CACHE_BYTES", 3 * 96 * 128 * 4 - 1)  # one byte short: drawn each time
+    big = SyntheticScenes(num_samples=3, seed=0)
+    assert big.raw(1)[0] is not big.raw(1)[0] and big.raw(1)[0].flags.writeable
 
 
 def test_folder_dataset_round_trip(tmp_path):

@@ -1,4 +1,5 @@
 """Training, checkpoints and resume on small synthetic data (CPU, seconds)."""
+import copy
 import os
 
 import pytest
@@ -31,6 +32,31 @@ def test_poly_schedule_with_warmup():
     assert lrs[0] == pytest.approx(0.1) and lrs[1] == pytest.approx(0.55)
     assert lrs[2] == pytest.approx(1.0) and lrs[6] == pytest.approx(0.5)
     assert lrs == sorted(lrs[:3]) + sorted(lrs[3:], reverse=True)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_optimizer_is_fused_and_updates_as_the_plain_loop(name):
+    from types import SimpleNamespace
+    from contextseg.engine.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    # no normalisation after a layer: Adam would scale the rounding noise of gradients that are zero in exact
+    # arithmetic up to +-lr, so the two rounding orders could only be compared loosely
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    plain = copy.deepcopy(net)
+    cfg = SimpleNamespace(optimizer=name, lr=0.05, momentum=0.9, weight_decay=1e-3)
+    opt = build_optimizer(net, cfg)
+    assert all(g["fused"] for g in opt.param_groups)
+    ref = {"sgd": torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3),
+           "adamw": torch.optim.AdamW(plain.parameters(), lr=0.05, weight_decay=1e-3)}[name]
+    x = torch.randn(16, 6)
+    for _ in range(3):
+        for model, o in ((net, opt), (plain, ref)):
+            o.zero_grad()
+            (model(x) - 1).square().mean().backward()
+            o.step()
+    for a, b in zip(net.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_training_loss_falls_and_miou_rises(tmp_path):

@@ -40,6 +40,7 @@ SYNTHETIC_PALETTE = [(110, 170, 230), (120, 85, 50), (220, 40, 60), (240, 200, 3
 IGNORE_INDEX = 255
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 _DEFAULT_COUNTS = {"train": 512, "val": 64, "test": 64}
+CACHE_BYTES = 256 * 2**20  # scenes are kept in memory (drawn once) when the whole split fits in this
 # Object hue centres (degrees) and half-width: neighbouring ranges overlap, and overlap sky/ground.
 _HUE = {2: (0.0, 75.0), 3: (90.0, 75.0), 4: (180.0, 75.0), 5: (270.0, 75.0)}
 
@@ -163,6 +164,8 @@ class SyntheticScenes(Dataset):
     num_samples: default 512 train / 64 val / 64 test. size: (H, W). root is accepted and
     ignored, so configs may carry one. ``image_path(i)`` is a name for outputs
     (``synthetic/<split>/00007.png``), not a file on disk: use ``raw(i)`` for the pixels.
+    A split of at most ``CACHE_BYTES`` (4 bytes a pixel) is drawn once and kept (per loader worker): drawing is
+    7 ms of the demo's 8 ms per training sample on a Zen 3 core, the augmentation after it 1 ms.
     """
 
     classes = list(SYNTHETIC_CLASSES)
@@ -183,6 +186,8 @@ class SyntheticScenes(Dataset):
         self.seed = int(seed)
         self.transform = transform if transform is not None else eval_transform()
         self.files = [Path("synthetic", self.split, f"{i:05d}.png") for i in range(self.num_samples)]
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = (
+            {} if self.num_samples * size[0] * size[1] * 4 <= CACHE_BYTES else None)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -195,8 +200,14 @@ class SyntheticScenes(Dataset):
         if not -self.num_samples <= i < self.num_samples:
             raise IndexError(f"index {i} out of range for SyntheticScenes of {self.num_samples} samples")
         i %= self.num_samples
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
         rng = np.random.default_rng((self.seed, _split_code(self.split), i))
-        return render_scene(rng, self.size)
+        pair = render_scene(rng, self.size)
+        if self._cache is not None:
+            pair[0].flags.writeable = pair[1].flags.writeable = False  # a transform must not edit the kept pair
+            self._cache[i] = pair
+        return pair
 
     def __getitem__(self, i: int):
         return self.transform(*self.raw(i))

@@ -62,10 +62,15 @@ def param_groups(model: torch.nn.Module, lr: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over ``param_groups``, with torch's fused kernel (one pass over all parameters)
+    where the parameters' device has one (CPU, CUDA): AdamW's step on the demo model 19 -> 4 ms on a Zen 3 core
+    pair, SGD's 8 -> 2 ms (docs/speed.md). The same update rule, rounded in another order."""
     groups = param_groups(model, cfg.lr)
+    devices = {p.device.type for g in groups for p in g["params"]}
+    fused = {"fused": True} if devices and devices <= {"cpu", "cuda"} else {}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
 class Trainer:
