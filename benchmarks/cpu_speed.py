@@ -44,8 +44,12 @@ def cpu_class(info: dict) -> str:
     return "avx512" if info["torch_cpu_capability"].upper().startswith("AVX512") else "avx2"
 
 
-def time_official(model, x: torch.Tensor, repeats: int, warmup: int, train: bool) -> dict:
+def time_official(model, x: torch.Tensor, repeats: int, warmup: int, train: bool, scale: float = 1.0) -> dict:
+    """Seconds per image of the official model on x resized by ``scale`` (what a checkpoint trained at that scale,
+    e.g. the zoo's half-size CamVid model, computes on x), its logits resized back to x's size."""
     size = x.shape[-2:]
+    if scale != 1.0:
+        x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=True)
     model.eval()
 
     def infer():
@@ -71,6 +75,17 @@ def time_official(model, x: torch.Tensor, repeats: int, warmup: int, train: bool
 
         row["train_s_per_img"] = timed_calls(step, max(2, repeats // 2), 1)[0] / x.shape[0]
     return row
+
+
+def single_scale(model) -> float:
+    """The one input scale a checkpoint's multiscale wrapper runs (1.0 without one); ValueError for several scales,
+    flip or sliding windows, which the official code's single forward pass does not match."""
+    ms = getattr(model, "init_args", {}).get("multiscale")
+    if not ms:
+        return 1.0
+    if len(ms.get("scales") or [1.0]) != 1 or ms.get("flip") or ms.get("window"):
+        raise ValueError(f"the checkpoint runs {ms}; the official code times one scale without flip")
+    return float(ms["scales"][0])
 
 
 def main() -> None:
@@ -117,8 +132,12 @@ def main() -> None:
 
     official = None
     try:
+        scale = single_scale(ours)
         ref_model = build_official(a.official, arch, width, ours.num_classes)
-        official = time_official(ref_model, x, a.repeats, a.warmup, bool(a.train_modes))
+        official = time_official(ref_model, x, a.repeats, a.warmup, bool(a.train_modes), scale)
+        official["input_scale"] = scale
+        if scale != 1.0:
+            print(f"the checkpoint resizes its input by {scale} (its multiscale setting): so does the official model")
         print(f"official fp32 eager: infer {official['infer_s_per_img']:.3f} s/img"
               + (f", train {official['train_s_per_img']:.3f} s/img" if "train_s_per_img" in official else ""))
         del ref_model
