@@ -114,3 +114,22 @@ def test_bf16_gradients_reports_per_model_errors(tmp_path, monkeypatch):
     bench.main()
     row = json.loads(out.read_text())["models"]["cifar10-gap"]
     assert 0 < row["median"] < 1 and set(row["median_by_part"]) == {"backbone", "head"} and row["tensors"] > 50
+
+
+def test_cpu_speed_times_the_official_model_at_the_checkpoints_input_scale():
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("cpu_speed", ROOT / "benchmarks" / "cpu_speed.py")
+    cs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cs)
+    ms = {"scales": [0.5], "flip": False, "window": None}
+    assert cs.single_scale(SimpleNamespace(init_args={"multiscale": ms})) == 0.5
+    assert cs.single_scale(SimpleNamespace(init_args={})) == 1.0 and cs.single_scale(torch.nn.Conv2d(1, 1, 1)) == 1.0
+    for other in ({"scales": [0.5, 1.0]}, {**ms, "flip": True}):
+        with pytest.raises(ValueError):
+            cs.single_scale(SimpleNamespace(init_args={"multiscale": other}))
+    seen = []
+    net = torch.nn.Conv2d(3, 11, 1)
+    net.register_forward_hook(lambda m, inputs, out: seen.append(tuple(inputs[0].shape[-2:])))
+    row = cs.time_official(net, torch.randn(2, 3, 32, 48), repeats=1, warmup=0, train=True, scale=0.5)
+    assert set(seen) == {(16, 24)} and row["infer_s_per_img"] > 0 and row["train_s_per_img"] > 0
