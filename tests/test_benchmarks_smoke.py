@@ -13,10 +13,18 @@ from PIL import Image
 from contextseg.data import default_data_root
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "context_modules.py"
-_spec = importlib.util.spec_from_file_location("context_modules", SCRIPT)
-cm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cm)
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def load_script(name: str):
+    """benchmarks/NAME.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cm = load_script("context_modules")
 
 C, M, K = 2048, 512, 256  # input, reduced width, key width
 
@@ -75,9 +83,7 @@ def test_memory_measurement_counts_the_live_tensors():
 
 
 def test_camvid_examples_names_and_header():
-    spec = importlib.util.spec_from_file_location("camvid_examples", SCRIPT.parent / "camvid_examples.py")
-    ex = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ex)
+    ex = load_script("camvid_examples")
     assert ex.named("OCR=runs/a/best.pt") == ("OCR", "runs/a/best.pt")
     assert ex.named("runs/compare/heads/psp/last.pt") == ("psp", "runs/compare/heads/psp/last.pt")
     strip = ex.header(["image", "ground truth", "psp"], width=100)
@@ -87,10 +93,8 @@ def test_camvid_examples_names_and_header():
 @pytest.mark.skipif(not (default_data_root() / "ecssd").is_dir(), reason="no ECSSD folder")
 def test_sod_examples_picture_of_the_zoo_model(tmp_path, monkeypatch):
     """benchmarks/sod_examples.py: image | mask | one saliency map per checkpoint, real ECSSD val images."""
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports camvid_examples beside it
-    spec = importlib.util.spec_from_file_location("sod_examples", SCRIPT.parent / "sod_examples.py")
-    ex = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ex)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports camvid_examples beside it
+    ex = load_script("sod_examples")
     out = tmp_path / "sod.png"
     monkeypatch.setattr("sys.argv", ["sod_examples.py", "--checkpoint", "PFA=zoo:ecssd-saliency", "--indices", "0",
                                      "1", "--size", "60", "80", "--out", str(out)])
@@ -104,9 +108,7 @@ def test_sod_examples_picture_of_the_zoo_model(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not (default_data_root() / "cifar10" / "train").is_dir(), reason="no CIFAR-10 folder")
 def test_bf16_gradients_reports_per_model_errors(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bf16_gradients", ROOT / "benchmarks" / "bf16_gradients.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bf16_gradients")
     out = tmp_path / "g.json"
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr("sys.argv", ["bf16_gradients.py", "--models", "cifar10-gap", "--batch", "16",
@@ -119,9 +121,7 @@ def test_bf16_gradients_reports_per_model_errors(tmp_path, monkeypatch):
 def test_cpu_speed_times_the_official_model_at_the_checkpoints_input_scale():
     from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("cpu_speed", ROOT / "benchmarks" / "cpu_speed.py")
-    cs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cs)
+    cs = load_script("cpu_speed")
     ms = {"scales": [0.5], "flip": False, "window": None}
     assert cs.single_scale(SimpleNamespace(init_args={"multiscale": ms})) == 0.5
     assert cs.single_scale(SimpleNamespace(init_args={})) == 1.0 and cs.single_scale(torch.nn.Conv2d(1, 1, 1)) == 1.0
